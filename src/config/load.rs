@@ -1,0 +1,513 @@
+//! Parsing and validation: YAML text → [`Config`], or every problem found, each naming
+//! the file, the line and the key path.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde_saphyr::{Location, Spanned};
+
+use super::file::{self, FileConfig, ProviderKind};
+use super::{
+    Config, EndpointSpec, Limits, Listener, ListenerTls, MockSettings, Model, PoolSpec, Secret,
+    ServerSettings, Target, Timeouts,
+};
+
+/// One problem in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: String,
+    /// 1-based; 0 when the problem has no single place (e.g. a missing section).
+    pub line: u64,
+    pub column: u64,
+    /// Dotted key path, e.g. `pools.openai.endpoints[0].api_key`.
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line > 0 {
+            write!(f, "{}:{}:{}: ", self.file, self.line, self.column)?;
+        } else {
+            write!(f, "{}: ", self.file)?;
+        }
+        if !self.path.is_empty() {
+            write!(f, "{}: ", self.path)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// Every problem found in one file.
+#[derive(Debug)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Reads, parses and validates a config file, taking `${VAR}` values from the process
+/// environment.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            file: file.clone(),
+            line: 0,
+            column: 0,
+            path: String::new(),
+            message: format!("cannot read the file: {e}"),
+        }])
+    })?;
+    let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    parse(&text, &file, &base_dir, &|name| std::env::var(name).ok())
+}
+
+/// Parses and validates config text. `env` supplies `${VAR}` values. File paths in the
+/// config (certificates, CA files) are tried as written, then relative to `base_dir`
+/// (the config file's folder).
+pub fn parse(
+    text: &str,
+    file: &str,
+    base_dir: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigErrors> {
+    let mut path = String::new();
+    let parsed = serde_saphyr::with_deserializer_from_str(text, |de| {
+        serde_path_to_error::deserialize::<_, FileConfig>(de).map_err(|e| {
+            path = e.path().to_string();
+            e.into_inner()
+        })
+    });
+    let raw = match parsed {
+        Ok(raw) => raw,
+        Err(e) => {
+            let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
+            let path = if path == "." { String::new() } else { path };
+            return Err(ConfigErrors(vec![ConfigError {
+                file: file.to_owned(),
+                line,
+                column,
+                path,
+                message: parse_message(&e),
+            }]));
+        }
+    };
+    let mut v = Validator {
+        file,
+        base_dir,
+        env,
+        errors: Vec::new(),
+    };
+    let config = v.config(raw);
+    if v.errors.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigErrors(v.errors))
+    }
+}
+
+/// The parser's message without its own location prefix or source snippet: we print the
+/// location ourselves, in the same form for every error.
+fn parse_message(e: &serde_saphyr::Error) -> String {
+    let mut options = serde_saphyr::RenderOptions::default();
+    options.snippets = serde_saphyr::SnippetMode::Off;
+    let rendered = e.render_with_options(options);
+    let first = rendered.lines().next().unwrap_or_default().trim();
+    // Drop a trailing " at line X, column Y" that would repeat what we print.
+    match first.rfind(" at line ") {
+        Some(i) => first[..i].to_owned(),
+        None => first.to_owned(),
+    }
+}
+
+struct Validator<'a> {
+    file: &'a str,
+    base_dir: &'a Path,
+    env: &'a dyn Fn(&str) -> Option<String>,
+    errors: Vec<ConfigError>,
+}
+
+impl Validator<'_> {
+    fn error(&mut self, at: Location, path: impl Into<String>, message: impl Into<String>) {
+        self.errors.push(ConfigError {
+            file: self.file.to_owned(),
+            line: at.line(),
+            column: at.column(),
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    fn config(&mut self, raw: FileConfig) -> Config {
+        let server = self.server(raw.server);
+        let listeners = self.listeners(raw.listeners);
+        let limits = self.limits(raw.limits);
+        let pool_index: HashMap<&str, usize> = raw
+            .pools
+            .value
+            .keys()
+            .enumerate()
+            .map(|(i, name)| (name.as_str(), i))
+            .collect();
+        let models = self.models(&raw.models, &pool_index);
+        let pools = self.pools(&raw.pools);
+        Config {
+            source: self.file.to_owned(),
+            server,
+            listeners,
+            limits,
+            models,
+            pools,
+        }
+    }
+
+    fn server(&mut self, s: file::ServerSection) -> ServerSettings {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let threads = match s.threads {
+            Some(t) if t.value == 0 => {
+                self.error(t.referenced, "server.threads", "must be at least 1");
+                1
+            }
+            Some(t) => t.value,
+            None => cores,
+        };
+        ServerSettings {
+            threads,
+            work_stealing: s.work_stealing.unwrap_or(true),
+            grace_period_seconds: s.grace_period_seconds.unwrap_or(30),
+            graceful_shutdown_timeout_seconds: s.graceful_shutdown_timeout_seconds.unwrap_or(5),
+            pid_file: s.pid_file.unwrap_or_else(|| "/tmp/tollgate.pid".to_owned()),
+            upgrade_sock: s
+                .upgrade_sock
+                .unwrap_or_else(|| "/tmp/tollgate_upgrade.sock".to_owned()),
+            error_log: s.error_log,
+            upstream_keepalive_pool_size: s.upstream_keepalive_pool_size.unwrap_or(128),
+        }
+    }
+
+    fn listeners(&mut self, raw: Spanned<Vec<file::ListenerSection>>) -> Vec<Listener> {
+        if raw.value.is_empty() {
+            self.error(raw.referenced, "listeners", "at least one listener is needed");
+        }
+        let mut seen = HashMap::new();
+        let mut out = Vec::new();
+        for (i, l) in raw.value.into_iter().enumerate() {
+            let path = format!("listeners[{i}]");
+            if l.address.value.parse::<SocketAddr>().is_err() {
+                self.error(
+                    l.address.referenced,
+                    format!("{path}.address"),
+                    format!(
+                        "`{}` is not an IP:port address (e.g. 0.0.0.0:8080 or [::]:8080)",
+                        l.address.value
+                    ),
+                );
+            } else if let Some(first) = seen.insert(l.address.value.clone(), i) {
+                self.error(
+                    l.address.referenced,
+                    format!("{path}.address"),
+                    format!("same address as listeners[{first}]"),
+                );
+            }
+            let tls = l.tls.map(|t| ListenerTls {
+                cert_file: self.existing_file(&t.cert_file, &format!("{path}.tls.cert_file")),
+                key_file: self.existing_file(&t.key_file, &format!("{path}.tls.key_file")),
+            });
+            out.push(Listener {
+                address: l.address.value,
+                tls,
+                http2: l.http2,
+            });
+        }
+        out
+    }
+
+    /// Resolves a file path (as given, else relative to the config's folder) and checks
+    /// it can be read.
+    fn existing_file(&mut self, f: &Spanned<String>, path: &str) -> String {
+        let given = PathBuf::from(&f.value);
+        let candidates = [given.clone(), self.base_dir.join(&given)];
+        match candidates.iter().find(|p| std::fs::File::open(p).is_ok()) {
+            Some(found) => found.display().to_string(),
+            None => {
+                self.error(
+                    f.referenced,
+                    path,
+                    format!("cannot read file `{}`", f.value),
+                );
+                f.value.clone()
+            }
+        }
+    }
+
+    fn limits(&mut self, l: file::LimitsSection) -> Limits {
+        if l.max_body_bytes.value < 1024 {
+            self.error(
+                l.max_body_bytes.referenced,
+                "limits.max_body_bytes",
+                "must be at least 1024",
+            );
+        }
+        Limits {
+            max_body_bytes: l.max_body_bytes.value,
+            body_read_timeout: l.body_read_timeout,
+        }
+    }
+
+    fn models(
+        &mut self,
+        raw: &Spanned<BTreeMap<String, file::ModelSection>>,
+        pools: &HashMap<&str, usize>,
+    ) -> Vec<Model> {
+        if raw.value.is_empty() {
+            self.error(raw.referenced, "models", "at least one model is needed");
+        }
+        // Every public name and alias must name one model only.
+        let mut names: HashMap<&str, String> = raw
+            .value
+            .keys()
+            .map(|n| (n.as_str(), format!("model `{n}`")))
+            .collect();
+        let mut out = Vec::new();
+        for (name, m) in &raw.value {
+            let path = format!("models.{name}");
+            if name.trim().is_empty() {
+                self.error(raw.referenced, &path, "a model name cannot be empty");
+            }
+            for (i, alias) in m.aliases.iter().enumerate() {
+                if let Some(owner) = names.get(alias.value.as_str()) {
+                    self.error(
+                        alias.referenced,
+                        format!("{path}.aliases[{i}]"),
+                        format!("`{}` is already the name or an alias of {owner}", alias.value),
+                    );
+                } else {
+                    names.insert(alias.value.as_str(), format!("model `{name}`"));
+                }
+            }
+            if m.targets.value.is_empty() {
+                self.error(
+                    m.targets.referenced,
+                    format!("{path}.targets"),
+                    "at least one target pool is needed",
+                );
+            }
+            let mut targets = Vec::new();
+            for (i, t) in m.targets.value.iter().enumerate() {
+                let tpath = format!("{path}.targets[{i}]");
+                let Some(&pool) = pools.get(t.pool.value.as_str()) else {
+                    self.error(
+                        t.pool.referenced,
+                        format!("{tpath}.pool"),
+                        format!("no pool named `{}` under `pools`", t.pool.value),
+                    );
+                    continue;
+                };
+                if t.weight.value == 0 {
+                    self.error(
+                        t.weight.referenced,
+                        format!("{tpath}.weight"),
+                        "must be at least 1",
+                    );
+                }
+                targets.push(Target {
+                    pool,
+                    upstream_model: t.model.clone().unwrap_or_else(|| name.clone()),
+                    weight: t.weight.value,
+                });
+            }
+            out.push(Model {
+                name: name.clone(),
+                aliases: m.aliases.iter().map(|a| a.value.clone()).collect(),
+                owned_by: m.owned_by.clone().unwrap_or_else(|| "tollgate".to_owned()),
+                targets,
+            });
+        }
+        out
+    }
+
+    fn pools(&mut self, raw: &Spanned<BTreeMap<String, file::PoolSection>>) -> Vec<PoolSpec> {
+        if raw.value.is_empty() {
+            self.error(raw.referenced, "pools", "at least one pool is needed");
+        }
+        let mut out = Vec::new();
+        for (name, p) in &raw.value {
+            let path = format!("pools.{name}");
+            let endpoints = match p.provider {
+                ProviderKind::Mock => {
+                    if !p.endpoints.value.is_empty() {
+                        self.error(
+                            p.endpoints.referenced,
+                            format!("{path}.endpoints"),
+                            "a `mock` pool answers locally and takes no endpoints",
+                        );
+                    }
+                    Vec::new()
+                }
+                ProviderKind::Openai => {
+                    if p.endpoints.value.is_empty() {
+                        self.error(
+                            p.endpoints.referenced,
+                            format!("{path}.endpoints"),
+                            "at least one endpoint is needed",
+                        );
+                    }
+                    if p.mock.is_some() {
+                        self.error(
+                            Location::UNKNOWN,
+                            format!("{path}.mock"),
+                            "only a `mock` pool takes mock settings",
+                        );
+                    }
+                    p.endpoints
+                        .value
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(i, e)| self.endpoint(e, &format!("{path}.endpoints[{i}]")))
+                        .collect()
+                }
+            };
+            let t = &p.timeouts;
+            for (key, value) in [
+                ("connect", t.connect),
+                ("first_byte", t.first_byte),
+                ("idle", t.idle),
+                ("total", t.total),
+            ] {
+                if value.is_zero() {
+                    self.error(
+                        Location::UNKNOWN,
+                        format!("{path}.timeouts.{key}"),
+                        "must be longer than zero",
+                    );
+                }
+            }
+            let ca_file = p.tls.ca_file.as_ref().map(|f| {
+                PathBuf::from(self.existing_file(f, &format!("{path}.tls.ca_file")))
+            });
+            let mock = p.mock.as_ref();
+            out.push(PoolSpec {
+                name: name.clone(),
+                provider: p.provider,
+                endpoints,
+                timeouts: Timeouts {
+                    connect: t.connect,
+                    first_byte: t.first_byte,
+                    idle: t.idle,
+                    total: t.total,
+                },
+                ca_file,
+                dns_refresh: p.dns_refresh.max(std::time::Duration::from_secs(1)),
+                mock: MockSettings {
+                    chunk_delay: mock.map(|m| m.chunk_delay).unwrap_or_default(),
+                    embedding_dims: mock.and_then(|m| m.embedding_dims).unwrap_or(16).max(1),
+                },
+            });
+        }
+        out
+    }
+
+    fn endpoint(&mut self, e: &file::EndpointSection, path: &str) -> Option<EndpointSpec> {
+        let url_text = self.expand_env(&e.url, &format!("{path}.url"))?;
+        let url = match url::Url::parse(&url_text) {
+            Ok(u) => u,
+            Err(err) => {
+                self.error(
+                    e.url.referenced,
+                    format!("{path}.url"),
+                    format!("`{url_text}` is not a URL: {err}"),
+                );
+                return None;
+            }
+        };
+        let tls = match url.scheme() {
+            "http" => false,
+            "https" => true,
+            other => {
+                self.error(
+                    e.url.referenced,
+                    format!("{path}.url"),
+                    format!("scheme `{other}` is not supported; use http or https"),
+                );
+                return None;
+            }
+        };
+        let Some(host) = url.host_str().map(|h| h.trim_matches(['[', ']']).to_owned()) else {
+            self.error(e.url.referenced, format!("{path}.url"), "the URL has no host");
+            return None;
+        };
+        if url.query().is_some() || url.fragment().is_some() {
+            self.error(
+                e.url.referenced,
+                format!("{path}.url"),
+                "a base URL cannot carry a query or fragment",
+            );
+        }
+        let api_key = match &e.api_key {
+            Some(k) => Some(Secret::new(
+                self.expand_env(k, &format!("{path}.api_key"))?,
+            )),
+            None => None,
+        };
+        if e.weight.value == 0 {
+            self.error(
+                e.weight.referenced,
+                format!("{path}.weight"),
+                "must be at least 1",
+            );
+        }
+        Some(EndpointSpec {
+            url: url_text.clone(),
+            tls,
+            port: url.port_or_known_default().unwrap_or(if tls { 443 } else { 80 }),
+            host,
+            base_path: url.path().trim_end_matches('/').to_owned(),
+            api_key,
+            weight: e.weight.value,
+        })
+    }
+
+    /// Replaces each `${NAME}` with the environment variable's value; a missing variable
+    /// is an error naming it.
+    fn expand_env(&mut self, s: &Spanned<String>, path: &str) -> Option<String> {
+        let mut out = String::with_capacity(s.value.len());
+        let mut rest = s.value.as_str();
+        let mut ok = true;
+        while let Some(start) = rest.find("${") {
+            out.push_str(&rest[..start]);
+            let after = &rest[start + 2..];
+            let Some(end) = after.find('}') else {
+                self.error(s.referenced, path, "`${` without a closing `}`");
+                return None;
+            };
+            let name = &after[..end];
+            match (self.env)(name) {
+                Some(v) if !v.is_empty() => out.push_str(&v),
+                _ => {
+                    self.error(
+                        s.referenced,
+                        path,
+                        format!("environment variable `{name}` is not set"),
+                    );
+                    ok = false;
+                }
+            }
+            rest = &after[end + 1..];
+        }
+        out.push_str(rest);
+        ok.then_some(out)
+    }
+}

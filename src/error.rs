@@ -1,0 +1,224 @@
+//! The one error type for everything the gateway itself refuses or fails at, and the one
+//! place that maps it to an HTTP status and an OpenAI-shaped body.
+//!
+//! Errors that come from an upstream as an HTTP response are not `GatewayError`s: those
+//! pass through to the client with their own status and body.
+
+use bytes::Bytes;
+use serde::Serialize;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GatewayError {
+    /// The request is not something the API accepts (400).
+    InvalidRequest {
+        message: String,
+        param: Option<&'static str>,
+    },
+    /// The body is not JSON (400).
+    InvalidJson(String),
+    /// No such route under `/v1/` (404).
+    UnknownRoute { method: String, path: String },
+    /// No such model in the catalog (404).
+    UnknownModel(String),
+    /// The route exists but not for this method (405).
+    MethodNotAllowed { method: String, path: String },
+    /// The client was too slow to send its body (408).
+    BodyTimeout,
+    /// The body is larger than `limits.max_body_bytes` (413).
+    BodyTooLarge { limit: usize },
+    /// The client stopped sending before the body was complete; nobody is left to answer,
+    /// but the attempt is logged and counted.
+    BodyIncomplete(String),
+    /// No upstream could be reached: DNS, connect or TLS failure (502).
+    UpstreamUnreachable { pool: String, detail: String },
+    /// The upstream broke the protocol or the connection mid-response (502).
+    UpstreamProtocol { pool: String, detail: String },
+    /// The upstream did not answer in time (504).
+    UpstreamTimeout { pool: String, detail: String },
+    /// A bug or an impossible state (500).
+    Internal(String),
+}
+
+/// `{"error": {...}}`, exactly as OpenAI shapes it.
+#[derive(Serialize)]
+struct ErrorEnvelope<'a> {
+    error: ErrorBody<'a>,
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    message: &'a str,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    param: Option<&'a str>,
+    code: Option<&'a str>,
+}
+
+impl GatewayError {
+    pub fn invalid(message: impl Into<String>, param: Option<&'static str>) -> Self {
+        GatewayError::InvalidRequest {
+            message: message.into(),
+            param,
+        }
+    }
+
+    pub fn status(&self) -> u16 {
+        match self {
+            GatewayError::InvalidRequest { .. }
+            | GatewayError::InvalidJson(_)
+            | GatewayError::BodyIncomplete(_) => 400,
+            GatewayError::UnknownRoute { .. } | GatewayError::UnknownModel(_) => 404,
+            GatewayError::MethodNotAllowed { .. } => 405,
+            GatewayError::BodyTimeout => 408,
+            GatewayError::BodyTooLarge { .. } => 413,
+            GatewayError::UpstreamUnreachable { .. } | GatewayError::UpstreamProtocol { .. } => {
+                502
+            }
+            GatewayError::UpstreamTimeout { .. } => 504,
+            GatewayError::Internal(_) => 500,
+        }
+    }
+
+    /// OpenAI's `error.type`.
+    fn kind(&self) -> &'static str {
+        match self.status() {
+            404 => "not_found_error",
+            400..=499 => "invalid_request_error",
+            _ => "server_error",
+        }
+    }
+
+    /// A stable, low-cardinality name: OpenAI's `error.code`, and the label for logs and
+    /// metrics.
+    pub fn code(&self) -> &'static str {
+        match self {
+            GatewayError::InvalidRequest { .. } => "invalid_request",
+            GatewayError::InvalidJson(_) => "invalid_json",
+            GatewayError::UnknownRoute { .. } => "unknown_url",
+            GatewayError::UnknownModel(_) => "model_not_found",
+            GatewayError::MethodNotAllowed { .. } => "method_not_allowed",
+            GatewayError::BodyTimeout => "request_timeout",
+            GatewayError::BodyTooLarge { .. } => "request_too_large",
+            GatewayError::BodyIncomplete(_) => "incomplete_body",
+            GatewayError::UpstreamUnreachable { .. } => "upstream_unreachable",
+            GatewayError::UpstreamProtocol { .. } => "upstream_protocol_error",
+            GatewayError::UpstreamTimeout { .. } => "upstream_timeout",
+            GatewayError::Internal(_) => "internal_error",
+        }
+    }
+
+    fn param(&self) -> Option<&'static str> {
+        match self {
+            GatewayError::InvalidRequest { param, .. } => *param,
+            GatewayError::UnknownModel(_) => Some("model"),
+            _ => None,
+        }
+    }
+
+    /// What the client reads. Upstream details stay in the log: they can name internal
+    /// hosts.
+    pub fn message(&self) -> String {
+        match self {
+            GatewayError::InvalidRequest { message, .. } => message.clone(),
+            GatewayError::InvalidJson(detail) => format!(
+                "We could not parse the JSON body of your request ({detail}). \
+                 The body must be a JSON object."
+            ),
+            GatewayError::UnknownRoute { method, path } => {
+                format!("Unknown request URL: {method} {path}.")
+            }
+            GatewayError::UnknownModel(model) => {
+                format!("The model `{model}` does not exist or you do not have access to it.")
+            }
+            GatewayError::MethodNotAllowed { method, path } => {
+                format!("Method {method} is not allowed for {path}.")
+            }
+            GatewayError::BodyTimeout => "The request body was not received in time.".into(),
+            GatewayError::BodyTooLarge { limit } => {
+                format!("The request body is larger than the limit of {limit} bytes.")
+            }
+            GatewayError::BodyIncomplete(_) => "The request body ended early.".into(),
+            GatewayError::UpstreamUnreachable { pool, .. } => {
+                format!("The upstream for pool `{pool}` could not be reached.")
+            }
+            GatewayError::UpstreamProtocol { pool, .. } => {
+                format!("The upstream for pool `{pool}` sent an invalid response.")
+            }
+            GatewayError::UpstreamTimeout { pool, .. } => {
+                format!("The upstream for pool `{pool}` did not answer in time.")
+            }
+            GatewayError::Internal(_) => "The gateway failed to handle the request.".into(),
+        }
+    }
+
+    /// Everything known, for the log line (never sent to the client).
+    pub fn detail(&self) -> Option<&str> {
+        match self {
+            GatewayError::BodyIncomplete(d)
+            | GatewayError::Internal(d)
+            | GatewayError::UpstreamUnreachable { detail: d, .. }
+            | GatewayError::UpstreamProtocol { detail: d, .. }
+            | GatewayError::UpstreamTimeout { detail: d, .. } => Some(d),
+            _ => None,
+        }
+    }
+
+    /// The OpenAI error body.
+    pub fn body(&self) -> Bytes {
+        error_body(&self.message(), self.kind(), self.param(), Some(self.code()))
+    }
+}
+
+/// Serializes an OpenAI error body; also used for errors that are not `GatewayError`s
+/// (e.g. an error event inside a stream).
+pub fn error_body(message: &str, kind: &str, param: Option<&str>, code: Option<&str>) -> Bytes {
+    let envelope = ErrorEnvelope {
+        error: ErrorBody {
+            message,
+            kind,
+            param,
+            code,
+        },
+    };
+    // Serializing plain strings cannot fail.
+    Bytes::from(serde_json::to_vec(&envelope).unwrap_or_default())
+}
+
+impl std::fmt::Display for GatewayError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message())?;
+        if let Some(d) = self.detail() {
+            write!(f, " ({d})")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for GatewayError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_has_openai_shape_with_string_code() {
+        let e = GatewayError::UnknownModel("gpt-9".into());
+        let v: serde_json::Value = serde_json::from_slice(&e.body()).unwrap();
+        assert_eq!(v["error"]["code"], "model_not_found");
+        assert_eq!(v["error"]["type"], "not_found_error");
+        assert_eq!(v["error"]["param"], "model");
+        assert!(v["error"]["message"].as_str().unwrap().contains("gpt-9"));
+        assert_eq!(e.status(), 404);
+    }
+
+    #[test]
+    fn upstream_detail_is_logged_not_sent() {
+        let e = GatewayError::UpstreamUnreachable {
+            pool: "p".into(),
+            detail: "connect 10.0.0.7:8000 refused".into(),
+        };
+        assert!(!String::from_utf8_lossy(&e.body()).contains("10.0.0.7"));
+        assert!(e.to_string().contains("10.0.0.7"));
+        assert_eq!(e.status(), 502);
+    }
+}

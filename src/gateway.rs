@@ -1,0 +1,50 @@
+//! The Pingora service. Each phase delegates: the request is handled whole in
+//! `request_filter` (see `handler`), and `logging` writes the access log line.
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use pingora_core::connectors::http::Connector;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_error::{Error, ErrorType};
+use pingora_proxy::{ProxyHttp, Session};
+
+use crate::handler::{self, RequestCtx};
+use crate::state::State;
+
+pub struct Gateway {
+    state: ArcSwap<State>,
+    connector: Connector,
+}
+
+impl Gateway {
+    pub fn new(state: State, connector: Connector) -> Self {
+        Gateway {
+            state: ArcSwap::from_pointee(state),
+            connector,
+        }
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::new()
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> pingora_error::Result<bool> {
+        let state = self.state.load_full();
+        handler::handle(&state, &self.connector, session, ctx).await;
+        Ok(true)
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut RequestCtx) -> pingora_error::Result<Box<HttpPeer>> {
+        // Every request is answered in `request_filter`; Pingora's own proxy loop is not used.
+        Error::e_explain(ErrorType::InternalError, "requests are answered in request_filter")
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        crate::access_log::write(session, e, ctx);
+    }
+}

@@ -1,0 +1,256 @@
+//! What happens to one request, from its first byte to its answer: route, read and check
+//! the body, resolve the model, then answer locally (mock) or forward upstream.
+//!
+//! Every failure becomes a [`GatewayError`] and is answered in one place,
+//! [`answer_failure`]; the access log line is written later, in the logging phase.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use pingora_proxy::Session;
+
+use crate::config::Limits;
+use crate::error::{GatewayError, error_body};
+use crate::openai::{self, Api, InferenceRequest};
+use crate::respond;
+use crate::route::{self, Route};
+use crate::state::State;
+use crate::upstream::{self, Forwarded};
+
+/// Per-request facts gathered on the way, for the access log.
+#[derive(Debug)]
+pub struct RequestCtx {
+    pub request_id: String,
+    pub started: Instant,
+    pub route: &'static str,
+    /// The model the client asked for.
+    pub model: Option<String>,
+    /// The model id sent upstream.
+    pub upstream_model: Option<String>,
+    pub pool: Option<String>,
+    pub forwarded: Forwarded,
+    pub error: Option<GatewayError>,
+}
+
+impl RequestCtx {
+    pub fn new() -> Self {
+        RequestCtx {
+            request_id: String::new(),
+            started: Instant::now(),
+            route: "unknown",
+            model: None,
+            upstream_model: None,
+            pool: None,
+            forwarded: Forwarded::default(),
+            error: None,
+        }
+    }
+}
+
+impl Default for RequestCtx {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Handles the request completely; the response has been written (or the client is
+/// gone) when this returns.
+pub async fn handle(
+    state: &Arc<State>,
+    connector: &pingora_core::connectors::http::Connector,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+) {
+    ctx.request_id = request_id(session);
+    if let Err(e) = serve(state, connector, session, ctx).await {
+        answer_failure(session, ctx, &e).await;
+        ctx.error = Some(e);
+    }
+}
+
+async fn serve(
+    state: &State,
+    connector: &pingora_core::connectors::http::Connector,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+) -> Result<(), GatewayError> {
+    let req = session.req_header();
+    let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
+    let route = route::route(&req.method, path)?;
+    ctx.route = route.name();
+    let id = ctx.request_id.as_str();
+    let written = |e: Box<pingora_error::Error>| GatewayError::BodyIncomplete(format!("client gone: {e}"));
+    match route {
+        Route::Health => respond::json(session, 200, Bytes::from_static(br#"{"status":"ok"}"#), id)
+            .await
+            .map_err(written),
+        Route::Ready => {
+            let mut waiting = Vec::new();
+            for pool in &state.pools {
+                if !pool.is_ready().await {
+                    waiting.push(pool.spec.name.as_str());
+                }
+            }
+            let (status, body) = if waiting.is_empty() {
+                (200, r#"{"status":"ready"}"#.to_owned())
+            } else {
+                let body = serde_json::json!({"status": "not_ready", "pools_without_address": waiting});
+                (503, body.to_string())
+            };
+            respond::json(session, status, Bytes::from(body), id).await.map_err(written)
+        }
+        Route::ListModels => {
+            let body = openai::model_list(state.catalog.list(), state.loaded_at);
+            respond::json(session, 200, body, id).await.map_err(written)
+        }
+        Route::GetModel(name) => {
+            let (model, owned_by) = state
+                .catalog
+                .describe(&name)
+                .ok_or_else(|| GatewayError::UnknownModel(name.clone()))?;
+            let body = openai::model_object(model, owned_by, state.loaded_at);
+            respond::json(session, 200, body, id).await.map_err(written)
+        }
+        Route::Inference(api) => infer(state, connector, session, ctx, api).await,
+    }
+}
+
+async fn infer(
+    state: &State,
+    connector: &pingora_core::connectors::http::Connector,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    api: Api,
+) -> Result<(), GatewayError> {
+    let body = read_body(session, &state.config.limits).await?;
+    let req = InferenceRequest::parse(api, body)?;
+    ctx.model = Some(req.model.clone());
+    let target = state
+        .catalog
+        .resolve(&req.model)
+        .ok_or_else(|| GatewayError::UnknownModel(req.model.clone()))?;
+    let pool = state
+        .pools
+        .get(target.pool)
+        .ok_or_else(|| GatewayError::Internal(format!("model `{}` points at no pool", target.model)))?;
+    ctx.pool = Some(pool.spec.name.clone());
+    ctx.upstream_model = Some(target.upstream_model.to_owned());
+    if pool.is_mock() {
+        return upstream::mock_answer(session, pool, &req, target.upstream_model, &ctx.request_id)
+            .await;
+    }
+    let body = req.body_with_model(target.upstream_model);
+    upstream::forward(
+        connector,
+        session,
+        pool,
+        api,
+        body,
+        &ctx.request_id,
+        &mut ctx.forwarded,
+    )
+    .await
+}
+
+/// Reads the whole request body, refusing it as soon as it is known to exceed `limit`
+/// (from `Content-Length` before reading anything, or while reading a chunked body).
+async fn read_body(session: &mut Session, limits: &Limits) -> Result<Bytes, GatewayError> {
+    let limit = limits.max_body_bytes;
+    let too_large = GatewayError::BodyTooLarge { limit };
+    let declared = session
+        .req_header()
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large);
+    }
+    let expects_continue = session
+        .req_header()
+        .headers
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let downstream = session.as_downstream_mut();
+    if expects_continue && !downstream.is_http2() {
+        downstream
+            .write_continue_response()
+            .await
+            .map_err(|e| GatewayError::BodyIncomplete(format!("writing 100-continue: {e}")))?;
+    }
+
+    let read_all = async {
+        let mut first: Option<Bytes> = None;
+        let mut rest: Option<BytesMut> = None;
+        while let Some(chunk) = downstream
+            .read_request_body()
+            .await
+            .map_err(|e| GatewayError::BodyIncomplete(e.to_string()))?
+        {
+            let so_far = first.as_ref().map_or(0, Bytes::len) + rest.as_ref().map_or(0, BytesMut::len);
+            if so_far + chunk.len() > limit {
+                return Err(GatewayError::BodyTooLarge { limit });
+            }
+            // One chunk (the common case) is kept as is; more are gathered into one buffer.
+            match (&mut first, &mut rest) {
+                (None, None) => first = Some(chunk),
+                (Some(f), None) => {
+                    let mut buf = BytesMut::with_capacity(declared.unwrap_or(0).max(f.len() + chunk.len()));
+                    buf.extend_from_slice(f);
+                    buf.extend_from_slice(&chunk);
+                    rest = Some(buf);
+                }
+                (_, Some(buf)) => buf.extend_from_slice(&chunk),
+            }
+        }
+        Ok(match rest {
+            Some(buf) => buf.freeze(),
+            None => first.unwrap_or_default(),
+        })
+    };
+    match tokio::time::timeout(limits.body_read_timeout, read_all).await {
+        Ok(result) => result,
+        Err(_) => Err(GatewayError::BodyTimeout),
+    }
+}
+
+/// Answers a failure: an OpenAI error if nothing was sent yet; inside an event stream, an
+/// error event and the end of the stream; otherwise the connection is closed so the
+/// client sees a truncated response rather than a complete-looking one.
+async fn answer_failure(session: &mut Session, ctx: &RequestCtx, e: &GatewayError) {
+    let f = &ctx.forwarded;
+    if f.client_gone {
+        return;
+    }
+    if !f.response_started {
+        if let Err(write_err) = respond::error(session, e, &ctx.request_id).await {
+            tracing::debug!(request_id = %ctx.request_id, error = %write_err, "could not send the error response");
+        }
+        return;
+    }
+    session.set_keepalive(None);
+    if f.event_stream {
+        let body = error_body(&e.message(), "server_error", None, Some(e.code()));
+        let _ = respond::sse_event(session, &body).await;
+        let _ = session.write_response_body(None, true).await;
+    }
+}
+
+/// The client's `x-request-id` if it is sane (short, token characters), else a new one.
+fn request_id(session: &Session) -> String {
+    let given = session
+        .req_header()
+        .headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 128
+                && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+        });
+    match given {
+        Some(id) => id.to_owned(),
+        None => uuid::Uuid::new_v4().simple().to_string(),
+    }
+}

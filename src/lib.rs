@@ -1,0 +1,23 @@
+//! Tollgate: an OpenAI-compatible LLM gateway on Pingora.
+//!
+//! The map: `config` reads and validates the YAML; `state` builds what a config implies
+//! (model `catalog`, upstream pools); `server` turns it into a Pingora server whose one
+//! service, `gateway`, hands each request to `handler`; `upstream` forwards to real
+//! endpoints or answers with the built-in mock; `openai` holds the wire format, `error`
+//! the one error type, `respond` the gateway's own responses.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+pub mod access_log;
+pub mod catalog;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod gateway;
+pub mod handler;
+pub mod openai;
+pub mod respond;
+pub mod route;
+pub mod server;
+pub mod state;
+pub mod upstream;
+pub mod weighted;

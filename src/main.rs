@@ -1,0 +1,53 @@
+//! `tollgate`: config → server → run.
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tollgate::cli::Cli;
+use tollgate::server::{self, StartMode};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+
+    let config = match tollgate::config::load(&cli.config) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!("{}: invalid ({} error(s))", cli.config.display(), errors.0.len());
+            return ExitCode::FAILURE;
+        }
+    };
+    if cli.validate {
+        println!("{}: ok", cli.config.display());
+        return ExitCode::SUCCESS;
+    }
+    tracing::info!(config = %cli.config.display(), models = config.models.len(), pools = config.pools.len(), threads = config.server.threads, "config loaded");
+
+    let mode = StartMode {
+        upgrade: cli.upgrade,
+        daemon: cli.daemon,
+    };
+    match server::build(config, mode) {
+        Ok(server) => {
+            tracing::info!(version = env!("CARGO_PKG_VERSION"), "tollgate starting");
+            server.run_forever()
+        }
+        Err(e) => {
+            eprintln!("tollgate: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs go to stderr; `RUST_LOG` sets the filter (default `info`).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}

@@ -1,0 +1,15 @@
+//! The OpenAI wire format: what the gateway reads from requests and the few response
+//! bodies it writes itself.
+
+mod models;
+mod request;
+
+pub use models::{model_list, model_object};
+pub use request::{Api, InferenceRequest};
+
+/// Seconds since the Unix epoch, for `created` fields.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

@@ -1,0 +1,303 @@
+//! The inference request body: parsed once, checked, and patched in place.
+//!
+//! Only the fields the gateway acts on are read; everything else stays as the client
+//! wrote it. Rewriting `model` splices the new value into the original bytes instead of
+//! re-serializing, so unknown fields, key order, number formats and whitespace reach the
+//! upstream byte for byte.
+
+use std::ops::Range;
+
+use bytes::{Bytes, BytesMut};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::error::GatewayError;
+
+/// Which inference API a body is for; decides which fields are required.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    ChatCompletions,
+    Completions,
+    Embeddings,
+}
+
+impl Api {
+    /// The path after the API prefix, e.g. `/chat/completions`.
+    pub fn path(self) -> &'static str {
+        match self {
+            Api::ChatCompletions => "/chat/completions",
+            Api::Completions => "/completions",
+            Api::Embeddings => "/embeddings",
+        }
+    }
+
+    /// The field that carries the input, which must be present.
+    fn input_field(self) -> &'static str {
+        match self {
+            Api::ChatCompletions => "messages",
+            Api::Completions => "prompt",
+            Api::Embeddings => "input",
+        }
+    }
+}
+
+/// What the gateway knows about a request body after one parse.
+#[derive(Debug, Clone)]
+pub struct InferenceRequest {
+    pub api: Api,
+    /// The body exactly as the client sent it.
+    pub body: Bytes,
+    /// The requested model, unescaped.
+    pub model: String,
+    /// Byte range of the `model` value (with its quotes) in `body`.
+    model_span: Range<usize>,
+    pub stream: bool,
+    /// `stream_options.include_usage`.
+    pub include_usage: bool,
+}
+
+/// The fields read by the gateway, borrowed from the body. Unknown fields are skipped,
+/// but still checked to be valid JSON.
+#[derive(Deserialize)]
+struct Fields<'a> {
+    #[serde(borrow)]
+    model: Option<&'a RawValue>,
+    #[serde(borrow)]
+    stream: Option<&'a RawValue>,
+    #[serde(borrow)]
+    stream_options: Option<&'a RawValue>,
+    #[serde(borrow)]
+    messages: Option<&'a RawValue>,
+    #[serde(borrow)]
+    prompt: Option<&'a RawValue>,
+    #[serde(borrow)]
+    input: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct StreamOptions {
+    include_usage: Option<bool>,
+}
+
+impl InferenceRequest {
+    pub fn parse(api: Api, body: Bytes) -> Result<Self, GatewayError> {
+        let text = body.as_ref();
+        if text.iter().all(u8::is_ascii_whitespace) {
+            return Err(GatewayError::invalid(
+                "The request body is empty; it must be a JSON object.",
+                None,
+            ));
+        }
+        let fields: Fields<'_> = serde_json::from_slice(text).map_err(|e| {
+            if e.is_data() {
+                GatewayError::invalid(
+                    format!("The request body must be a JSON object ({e})."),
+                    None,
+                )
+            } else {
+                GatewayError::InvalidJson(e.to_string())
+            }
+        })?;
+
+        let raw_model = fields
+            .model
+            .filter(|m| m.get() != "null")
+            .ok_or_else(|| GatewayError::invalid("you must provide a model parameter", Some("model")))?;
+        let model: String = serde_json::from_str(raw_model.get())
+            .map_err(|_| GatewayError::invalid("`model` must be a string", Some("model")))?;
+        if model.is_empty() {
+            return Err(GatewayError::invalid("`model` must not be empty", Some("model")));
+        }
+        let model_span = span_of(text, raw_model.get());
+
+        let stream = match fields.stream.map(RawValue::get) {
+            None | Some("null") | Some("false") => false,
+            Some("true") => true,
+            Some(_) => {
+                return Err(GatewayError::invalid(
+                    "`stream` must be a boolean",
+                    Some("stream"),
+                ));
+            }
+        };
+        let include_usage = match fields.stream_options.map(RawValue::get) {
+            None | Some("null") => false,
+            Some(raw) => serde_json::from_str::<StreamOptions>(raw)
+                .map_err(|_| {
+                    GatewayError::invalid(
+                        "`stream_options` must be an object with a boolean `include_usage`",
+                        Some("stream_options"),
+                    )
+                })?
+                .include_usage
+                .unwrap_or(false),
+        };
+
+        let input = match api {
+            Api::ChatCompletions => fields.messages,
+            Api::Completions => fields.prompt,
+            Api::Embeddings => fields.input,
+        };
+        let field = api.input_field();
+        match input.map(RawValue::get) {
+            None | Some("null") => {
+                return Err(GatewayError::invalid(
+                    format!("Missing required parameter: '{field}'."),
+                    Some(field),
+                ));
+            }
+            Some(raw) if api == Api::ChatCompletions && !raw.starts_with('[') => {
+                return Err(GatewayError::invalid(
+                    "`messages` must be an array of message objects",
+                    Some("messages"),
+                ));
+            }
+            Some(raw) if api == Api::ChatCompletions && is_empty_array(raw) => {
+                return Err(GatewayError::invalid(
+                    "`messages` must contain at least one message",
+                    Some("messages"),
+                ));
+            }
+            Some(_) => {}
+        }
+
+        Ok(InferenceRequest {
+            api,
+            body,
+            model,
+            model_span,
+            stream,
+            include_usage,
+        })
+    }
+
+    /// The body with `model` replaced; the original bytes everywhere else. Returns the
+    /// original buffer (no copy) when the model does not change.
+    pub fn body_with_model(&self, model: &str) -> Bytes {
+        if model == self.model {
+            return self.body.clone();
+        }
+        // A Rust string always serializes to a JSON string.
+        let quoted = serde_json::to_string(model).unwrap_or_default();
+        let mut out = BytesMut::with_capacity(self.body.len() + quoted.len());
+        out.extend_from_slice(&self.body[..self.model_span.start]);
+        out.extend_from_slice(quoted.as_bytes());
+        out.extend_from_slice(&self.body[self.model_span.end..]);
+        out.freeze()
+    }
+}
+
+/// Where `part`, a sub-slice borrowed from `whole`, sits in it.
+fn span_of(whole: &[u8], part: &str) -> Range<usize> {
+    let start = part.as_ptr() as usize - whole.as_ptr() as usize;
+    start..start + part.len()
+}
+
+fn is_empty_array(raw: &str) -> bool {
+    raw.strip_prefix('[')
+        .and_then(|r| r.strip_suffix(']'))
+        .is_some_and(|inner| inner.trim().is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chat(body: &str) -> Result<InferenceRequest, GatewayError> {
+        InferenceRequest::parse(Api::ChatCompletions, Bytes::from(body.to_owned()))
+    }
+
+    #[test]
+    fn rewrites_only_the_model_value() {
+        let body = r#"{ "messages":[{"role":"user","content":"hi"}], "model" : "gpt-4o",
+            "temperature": 0.70, "x_custom": {"model": "keep"} }"#;
+        let req = chat(body).unwrap();
+        assert_eq!(req.model, "gpt-4o");
+        let out = req.body_with_model("llama-3-8b");
+        let expected = body.replacen(r#""gpt-4o""#, r#""llama-3-8b""#, 1);
+        assert_eq!(std::str::from_utf8(&out).unwrap(), expected);
+    }
+
+    #[test]
+    fn escaped_model_names_are_unescaped_and_reescaped() {
+        let req = chat(r#"{"model":"a\"b\u00e9","messages":[{"role":"user","content":"x"}]}"#)
+            .unwrap();
+        assert_eq!(req.model, "a\"bé");
+        let out = req.body_with_model("q\"x");
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["model"], "q\"x");
+    }
+
+    #[test]
+    fn same_model_reuses_the_buffer() {
+        let req = chat(r#"{"model":"m","messages":[{"role":"user","content":"x"}]}"#).unwrap();
+        let out = req.body_with_model("m");
+        assert_eq!(out.as_ptr(), req.body.as_ptr());
+    }
+
+    #[test]
+    fn stream_flags() {
+        let req = chat(
+            r#"{"model":"m","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"x"}]}"#,
+        )
+        .unwrap();
+        assert!(req.stream && req.include_usage);
+        let e = chat(r#"{"model":"m","stream":"yes","messages":[]}"#).unwrap_err();
+        assert_eq!(e.status(), 400);
+    }
+
+    #[test]
+    fn bad_bodies_are_400_with_a_reason() {
+        for (body, code) in [
+            ("", "invalid_request"),
+            ("   ", "invalid_request"),
+            ("{", "invalid_json"),
+            ("{\"model\":\"m\",}", "invalid_json"),
+            ("[1,2]", "invalid_request"),
+            ("\"model\"", "invalid_request"),
+            ("{\"messages\":[{}]}", "invalid_request"),
+            ("{\"model\":7,\"messages\":[{}]}", "invalid_request"),
+            ("{\"model\":null,\"messages\":[{}]}", "invalid_request"),
+            ("{\"model\":\"\",\"messages\":[{}]}", "invalid_request"),
+            ("{\"model\":\"m\"}", "invalid_request"),
+            ("{\"model\":\"m\",\"messages\":{}}", "invalid_request"),
+            ("{\"model\":\"m\",\"messages\":[ ]}", "invalid_request"),
+            ("{\"model\":\"m\",\"model\":\"n\",\"messages\":[{}]}", "invalid_request"),
+        ] {
+            let e = chat(body).unwrap_err();
+            assert_eq!(e.status(), 400, "{body}");
+            assert_eq!(e.code(), code, "{body}");
+        }
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_not_overflowed() {
+        let body = format!(
+            r#"{{"model":"m","messages":[{{"role":"user","content":"x"}}],"x":{}{}}}"#,
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        assert_eq!(chat(&body).unwrap_err().status(), 400);
+    }
+
+    #[test]
+    fn invalid_utf8_is_refused() {
+        let mut body = br#"{"model":"m","messages":[{"role":"user","content":""#.to_vec();
+        body.extend_from_slice(&[0xff, 0xfe]);
+        body.extend_from_slice(br#""}]}"#);
+        let e = InferenceRequest::parse(Api::ChatCompletions, Bytes::from(body)).unwrap_err();
+        assert_eq!(e.status(), 400);
+    }
+
+    #[test]
+    fn other_apis_require_their_input() {
+        let e = InferenceRequest::parse(Api::Embeddings, Bytes::from_static(br#"{"model":"m"}"#))
+            .unwrap_err();
+        assert!(e.message().contains("input"));
+        InferenceRequest::parse(
+            Api::Completions,
+            Bytes::from_static(br#"{"model":"m","prompt":"hi"}"#),
+        )
+        .unwrap();
+    }
+}

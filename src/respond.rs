@@ -1,0 +1,76 @@
+//! Writing the gateway's own responses (errors, model lists, mock answers) to the client.
+//! Every response carries `x-request-id`.
+
+use bytes::Bytes;
+use pingora_http::ResponseHeader;
+use pingora_proxy::Session;
+
+use crate::error::GatewayError;
+
+pub type WriteResult = pingora_error::Result<()>;
+
+/// A response header with `x-request-id` and the given content type.
+pub fn header(status: u16, content_type: &str, request_id: &str) -> pingora_error::Result<ResponseHeader> {
+    let mut h = ResponseHeader::build(status, Some(4))?;
+    h.insert_header("content-type", content_type)?;
+    h.insert_header("x-request-id", request_id)?;
+    Ok(h)
+}
+
+/// A complete JSON response.
+pub async fn json(session: &mut Session, status: u16, body: Bytes, request_id: &str) -> WriteResult {
+    let mut h = header(status, "application/json", request_id)?;
+    h.insert_header("content-length", body.len().to_string())?;
+    let head_only = session.req_header().method == http::Method::HEAD;
+    session.write_response_header(Box::new(h), head_only).await?;
+    if !head_only {
+        session.write_response_body(Some(body), true).await?;
+    }
+    Ok(())
+}
+
+/// The OpenAI error response for `e`.
+pub async fn error(session: &mut Session, e: &GatewayError, request_id: &str) -> WriteResult {
+    let mut h = header(e.status(), "application/json", request_id)?;
+    let body = e.body();
+    h.insert_header("content-length", body.len().to_string())?;
+    if let GatewayError::MethodNotAllowed { path, .. } = e {
+        let allow = if path.starts_with("/v1/models") || !path.starts_with("/v1/") {
+            "GET, HEAD"
+        } else {
+            "POST"
+        };
+        h.insert_header("allow", allow)?;
+    }
+    if matches!(e, GatewayError::BodyTooLarge { .. } | GatewayError::BodyTimeout) {
+        // The rest of the body is never read, so the connection cannot carry another
+        // request.
+        h.insert_header("connection", "close")?;
+        session.set_keepalive(None);
+    }
+    session.write_response_header(Box::new(h), false).await?;
+    session.write_response_body(Some(body), true).await
+}
+
+/// Starts a `text/event-stream` response.
+pub async fn sse_start(session: &mut Session, request_id: &str) -> WriteResult {
+    let mut h = header(200, "text/event-stream", request_id)?;
+    h.insert_header("cache-control", "no-cache")?;
+    session.write_response_header(Box::new(h), false).await
+}
+
+/// One SSE event: `data: {payload}\n\n`, written (and so flushed) on its own.
+pub async fn sse_event(session: &mut Session, payload: &[u8]) -> WriteResult {
+    let mut event = Vec::with_capacity(payload.len() + 8);
+    event.extend_from_slice(b"data: ");
+    event.extend_from_slice(payload);
+    event.extend_from_slice(b"\n\n");
+    session.write_response_body(Some(Bytes::from(event)), false).await
+}
+
+/// `data: [DONE]` and the end of the response.
+pub async fn sse_done(session: &mut Session) -> WriteResult {
+    session
+        .write_response_body(Some(Bytes::from_static(b"data: [DONE]\n\n")), true)
+        .await
+}

@@ -1,0 +1,77 @@
+//! Builds the Pingora server from a validated config: server settings, listeners (plain
+//! with h2c, or TLS with ALPN), and the gateway service.
+
+use pingora_core::apps::HttpServerOptions;
+use pingora_core::connectors::{ConnectorOptions, http::Connector};
+use pingora_core::listeners::tls::TlsSettings;
+use pingora_core::server::Server;
+use pingora_core::server::configuration::{Opt, ServerConf};
+
+use crate::config::Config;
+use crate::gateway::Gateway;
+use crate::state::State;
+
+/// How the process was asked to start.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StartMode {
+    /// Take the listening sockets over from a running instance (zero-downtime upgrade).
+    pub upgrade: bool,
+    pub daemon: bool,
+}
+
+pub fn build(config: Config, mode: StartMode) -> Result<Server, String> {
+    let s = &config.server;
+    let conf = ServerConf {
+        threads: s.threads,
+        work_stealing: s.work_stealing,
+        grace_period_seconds: Some(s.grace_period_seconds),
+        graceful_shutdown_timeout_seconds: Some(s.graceful_shutdown_timeout_seconds),
+        pid_file: s.pid_file.clone(),
+        upgrade_sock: s.upgrade_sock.clone(),
+        error_log: s.error_log.clone(),
+        upstream_keepalive_pool_size: s.upstream_keepalive_pool_size,
+        daemon: mode.daemon,
+        ..ServerConf::default()
+    };
+    let opt = Opt {
+        upgrade: mode.upgrade,
+        daemon: mode.daemon,
+        nocapture: false,
+        test: false,
+        conf: None,
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    server.bootstrap();
+
+    let listeners = config.listeners.clone();
+    let connector = Connector::new(Some(ConnectorOptions::from_server_conf(&server.configuration)));
+    let state = State::build(config)?;
+    let mut service = pingora_proxy::http_proxy_service_with_name(
+        &server.configuration,
+        Gateway::new(state, connector),
+        "tollgate",
+    );
+    if let Some(app) = service.app_logic_mut() {
+        let mut options = HttpServerOptions::default();
+        // Plain listeners accept HTTP/2 with prior knowledge; HTTP/1.1 is detected and
+        // served as before.
+        options.h2c = true;
+        app.server_options = Some(options);
+    }
+    for l in &listeners {
+        match &l.tls {
+            None => service.add_tcp(&l.address),
+            Some(tls) => {
+                let mut settings = TlsSettings::intermediate(&tls.cert_file, &tls.key_file)
+                    .map_err(|e| format!("listener {}: TLS setup failed: {e}", l.address))?;
+                if l.http2 {
+                    settings.enable_h2();
+                }
+                service.add_tls_with_settings(&l.address, None, settings);
+            }
+        }
+        tracing::info!(address = %l.address, tls = l.tls.is_some(), "listening");
+    }
+    server.add_service(service);
+    Ok(server)
+}
