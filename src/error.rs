@@ -71,9 +71,7 @@ impl GatewayError {
             GatewayError::MethodNotAllowed { .. } => 405,
             GatewayError::BodyTimeout => 408,
             GatewayError::BodyTooLarge { .. } => 413,
-            GatewayError::UpstreamUnreachable { .. } | GatewayError::UpstreamProtocol { .. } => {
-                502
-            }
+            GatewayError::UpstreamUnreachable { .. } | GatewayError::UpstreamProtocol { .. } => 502,
             GatewayError::UpstreamTimeout { .. } => 504,
             GatewayError::Internal(_) => 500,
         }
@@ -165,7 +163,12 @@ impl GatewayError {
 
     /// The OpenAI error body.
     pub fn body(&self) -> Bytes {
-        error_body(&self.message(), self.kind(), self.param(), Some(self.code()))
+        error_body(
+            &self.message(),
+            self.kind(),
+            self.param(),
+            Some(self.code()),
+        )
     }
 }
 

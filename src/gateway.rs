@@ -33,15 +33,26 @@ impl ProxyHttp for Gateway {
         RequestCtx::new()
     }
 
-    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> pingora_error::Result<bool> {
+    async fn request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> pingora_error::Result<bool> {
         let state = self.state.load_full();
         handler::handle(&state, &self.connector, session, ctx).await;
         Ok(true)
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut RequestCtx) -> pingora_error::Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut RequestCtx,
+    ) -> pingora_error::Result<Box<HttpPeer>> {
         // Every request is answered in `request_filter`; Pingora's own proxy loop is not used.
-        Error::e_explain(ErrorType::InternalError, "requests are answered in request_filter")
+        Error::e_explain(
+            ErrorType::InternalError,
+            "requests are answered in request_filter",
+        )
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {

@@ -80,7 +80,8 @@ async fn serve(
     let route = route::route(&req.method, path)?;
     ctx.route = route.name();
     let id = ctx.request_id.as_str();
-    let written = |e: Box<pingora_error::Error>| GatewayError::BodyIncomplete(format!("client gone: {e}"));
+    let written =
+        |e: Box<pingora_error::Error>| GatewayError::BodyIncomplete(format!("client gone: {e}"));
     match route {
         Route::Health => respond::json(session, 200, Bytes::from_static(br#"{"status":"ok"}"#), id)
             .await
@@ -95,10 +96,13 @@ async fn serve(
             let (status, body) = if waiting.is_empty() {
                 (200, r#"{"status":"ready"}"#.to_owned())
             } else {
-                let body = serde_json::json!({"status": "not_ready", "pools_without_address": waiting});
+                let body =
+                    serde_json::json!({"status": "not_ready", "pools_without_address": waiting});
                 (503, body.to_string())
             };
-            respond::json(session, status, Bytes::from(body), id).await.map_err(written)
+            respond::json(session, status, Bytes::from(body), id)
+                .await
+                .map_err(written)
         }
         Route::ListModels => {
             let body = openai::model_list(state.catalog.list(), state.loaded_at);
@@ -130,10 +134,9 @@ async fn infer(
         .catalog
         .resolve(&req.model)
         .ok_or_else(|| GatewayError::UnknownModel(req.model.clone()))?;
-    let pool = state
-        .pools
-        .get(target.pool)
-        .ok_or_else(|| GatewayError::Internal(format!("model `{}` points at no pool", target.model)))?;
+    let pool = state.pools.get(target.pool).ok_or_else(|| {
+        GatewayError::Internal(format!("model `{}` points at no pool", target.model))
+    })?;
     ctx.pool = Some(pool.spec.name.clone());
     ctx.upstream_model = Some(target.upstream_model.to_owned());
     if pool.is_mock() {
@@ -188,7 +191,8 @@ async fn read_body(session: &mut Session, limits: &Limits) -> Result<Bytes, Gate
             .await
             .map_err(|e| GatewayError::BodyIncomplete(e.to_string()))?
         {
-            let so_far = first.as_ref().map_or(0, Bytes::len) + rest.as_ref().map_or(0, BytesMut::len);
+            let so_far =
+                first.as_ref().map_or(0, Bytes::len) + rest.as_ref().map_or(0, BytesMut::len);
             if so_far + chunk.len() > limit {
                 return Err(GatewayError::BodyTooLarge { limit });
             }
@@ -196,7 +200,8 @@ async fn read_body(session: &mut Session, limits: &Limits) -> Result<Bytes, Gate
             match (&mut first, &mut rest) {
                 (None, None) => first = Some(chunk),
                 (Some(f), None) => {
-                    let mut buf = BytesMut::with_capacity(declared.unwrap_or(0).max(f.len() + chunk.len()));
+                    let mut buf =
+                        BytesMut::with_capacity(declared.unwrap_or(0).max(f.len() + chunk.len()));
                     buf.extend_from_slice(f);
                     buf.extend_from_slice(&chunk);
                     rest = Some(buf);
@@ -247,7 +252,8 @@ fn request_id(session: &Session) -> String {
         .filter(|v| {
             !v.is_empty()
                 && v.len() <= 128
-                && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
         });
     match given {
         Some(id) => id.to_owned(),

@@ -5,7 +5,10 @@
 //! service, `gateway`, hands each request to `handler`; `upstream` forwards to real
 //! endpoints or answers with the built-in mock; `openai` holds the wire format, `error`
 //! the one error type, `respond` the gateway's own responses.
-#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 
 pub mod access_log;
 pub mod catalog;

@@ -15,7 +15,11 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(errors) => {
             eprintln!("{errors}");
-            eprintln!("{}: invalid ({} error(s))", cli.config.display(), errors.0.len());
+            eprintln!(
+                "{}: invalid ({} error(s))",
+                cli.config.display(),
+                errors.0.len()
+            );
             return ExitCode::FAILURE;
         }
     };

@@ -10,7 +10,11 @@ use crate::error::GatewayError;
 pub type WriteResult = pingora_error::Result<()>;
 
 /// A response header with `x-request-id` and the given content type.
-pub fn header(status: u16, content_type: &str, request_id: &str) -> pingora_error::Result<ResponseHeader> {
+pub fn header(
+    status: u16,
+    content_type: &str,
+    request_id: &str,
+) -> pingora_error::Result<ResponseHeader> {
     let mut h = ResponseHeader::build(status, Some(4))?;
     h.insert_header("content-type", content_type)?;
     h.insert_header("x-request-id", request_id)?;
@@ -18,11 +22,18 @@ pub fn header(status: u16, content_type: &str, request_id: &str) -> pingora_erro
 }
 
 /// A complete JSON response.
-pub async fn json(session: &mut Session, status: u16, body: Bytes, request_id: &str) -> WriteResult {
+pub async fn json(
+    session: &mut Session,
+    status: u16,
+    body: Bytes,
+    request_id: &str,
+) -> WriteResult {
     let mut h = header(status, "application/json", request_id)?;
     h.insert_header("content-length", body.len().to_string())?;
     let head_only = session.req_header().method == http::Method::HEAD;
-    session.write_response_header(Box::new(h), head_only).await?;
+    session
+        .write_response_header(Box::new(h), head_only)
+        .await?;
     if !head_only {
         session.write_response_body(Some(body), true).await?;
     }
@@ -42,7 +53,10 @@ pub async fn error(session: &mut Session, e: &GatewayError, request_id: &str) ->
         };
         h.insert_header("allow", allow)?;
     }
-    if matches!(e, GatewayError::BodyTooLarge { .. } | GatewayError::BodyTimeout) {
+    if matches!(
+        e,
+        GatewayError::BodyTooLarge { .. } | GatewayError::BodyTimeout
+    ) {
         // The rest of the body is never read, so the connection cannot carry another
         // request.
         h.insert_header("connection", "close")?;
@@ -65,7 +79,9 @@ pub async fn sse_event(session: &mut Session, payload: &[u8]) -> WriteResult {
     event.extend_from_slice(b"data: ");
     event.extend_from_slice(payload);
     event.extend_from_slice(b"\n\n");
-    session.write_response_body(Some(Bytes::from(event)), false).await
+    session
+        .write_response_body(Some(Bytes::from(event)), false)
+        .await
 }
 
 /// `data: [DONE]` and the end of the response.

@@ -86,12 +86,23 @@ mod tests {
             Route::GetModel("a/b".into())
         );
         assert_eq!(route(&Method::GET, "/v1/nope").unwrap_err().status(), 404);
-        assert_eq!(route(&Method::GET, "/v1/models/").unwrap_err().status(), 404);
-        assert_eq!(route(&Method::GET, "/v1/models/%ff").unwrap_err().status(), 404);
         assert_eq!(
-            route(&Method::GET, "/v1/chat/completions").unwrap_err().status(),
+            route(&Method::GET, "/v1/models/").unwrap_err().status(),
+            404
+        );
+        assert_eq!(
+            route(&Method::GET, "/v1/models/%ff").unwrap_err().status(),
+            404
+        );
+        assert_eq!(
+            route(&Method::GET, "/v1/chat/completions")
+                .unwrap_err()
+                .status(),
             405
         );
-        assert_eq!(route(&Method::DELETE, "/v1/models").unwrap_err().status(), 405);
+        assert_eq!(
+            route(&Method::DELETE, "/v1/models").unwrap_err().status(),
+            405
+        );
     }
 }

@@ -44,7 +44,9 @@ pub fn build(config: Config, mode: StartMode) -> Result<Server, String> {
     server.bootstrap();
 
     let listeners = config.listeners.clone();
-    let connector = Connector::new(Some(ConnectorOptions::from_server_conf(&server.configuration)));
+    let connector = Connector::new(Some(ConnectorOptions::from_server_conf(
+        &server.configuration,
+    )));
     let state = State::build(config)?;
     let mut service = pingora_proxy::http_proxy_service_with_name(
         &server.configuration,

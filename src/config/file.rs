@@ -11,6 +11,15 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_saphyr::{Location, Spanned};
 
+/// A duration such as `5s`, `250ms` or `2m`, longer than zero.
+fn positive_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let value: Duration = humantime_serde::deserialize(d)?;
+    if value.is_zero() {
+        return Err(serde::de::Error::custom("must be longer than zero"));
+    }
+    Ok(value)
+}
+
 /// A default value, which has no place in the file.
 fn unspanned<T>(value: T) -> Spanned<T> {
     Spanned::new(value, Location::UNKNOWN, Location::UNKNOWN)
@@ -66,7 +75,10 @@ pub struct TlsListenerSection {
 pub struct LimitsSection {
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: Spanned<usize>,
-    #[serde(default = "default_body_read_timeout", with = "humantime_serde")]
+    #[serde(
+        default = "default_body_read_timeout",
+        deserialize_with = "positive_duration"
+    )]
     pub body_read_timeout: Duration,
 }
 
@@ -132,7 +144,7 @@ pub struct PoolSection {
     pub tls: PoolTlsSection,
     #[serde(default = "default_dns_refresh", with = "humantime_serde")]
     pub dns_refresh: Duration,
-    pub mock: Option<MockSection>,
+    pub mock: Option<Spanned<MockSection>>,
 }
 
 fn no_endpoints() -> Spanned<Vec<EndpointSection>> {
@@ -157,16 +169,16 @@ pub struct EndpointSection {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TimeoutsSection {
-    #[serde(default = "default_connect", with = "humantime_serde")]
+    #[serde(default = "default_connect", deserialize_with = "positive_duration")]
     pub connect: Duration,
     /// From sending the request to the first byte of the response header.
-    #[serde(default = "default_first_byte", with = "humantime_serde")]
+    #[serde(default = "default_first_byte", deserialize_with = "positive_duration")]
     pub first_byte: Duration,
     /// Longest silence between two body chunks.
-    #[serde(default = "default_idle", with = "humantime_serde")]
+    #[serde(default = "default_idle", deserialize_with = "positive_duration")]
     pub idle: Duration,
     /// Whole exchange, streams included.
-    #[serde(default = "default_total", with = "humantime_serde")]
+    #[serde(default = "default_total", deserialize_with = "positive_duration")]
     pub total: Duration,
 }
 

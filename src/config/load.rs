@@ -95,7 +95,7 @@ pub fn parse(
         Ok(raw) => raw,
         Err(e) => {
             let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
-            let path = if path == "." { String::new() } else { path };
+            let path = spanless_path(&path);
             return Err(ConfigErrors(vec![ConfigError {
                 file: file.to_owned(),
                 line,
@@ -115,8 +115,29 @@ pub fn parse(
     if v.errors.is_empty() {
         Ok(config)
     } else {
+        // In file order; problems with no single place last.
+        v.errors
+            .sort_by_key(|e| if e.line == 0 { u64::MAX } else { e.line });
         Err(ConfigErrors(v.errors))
     }
+}
+
+/// The key path as the operator wrote it: without the `value` step that `Spanned`
+/// wrappers add, and empty for the root.
+fn spanless_path(path: &str) -> String {
+    path.split('.')
+        .filter(|step| *step != "value" && !step.is_empty())
+        .map(|step| {
+            step.strip_prefix("value[")
+                .map_or_else(|| step.to_owned(), |rest| format!("[{rest}"))
+        })
+        .fold(String::new(), |mut out, step| {
+            if !out.is_empty() && !step.starts_with('[') {
+                out.push('.');
+            }
+            out.push_str(&step);
+            out
+        })
 }
 
 /// The parser's message without its own location prefix or source snippet: we print the
@@ -200,7 +221,11 @@ impl Validator<'_> {
 
     fn listeners(&mut self, raw: Spanned<Vec<file::ListenerSection>>) -> Vec<Listener> {
         if raw.value.is_empty() {
-            self.error(raw.referenced, "listeners", "at least one listener is needed");
+            self.error(
+                raw.referenced,
+                "listeners",
+                "at least one listener is needed",
+            );
         }
         let mut seen = HashMap::new();
         let mut out = Vec::new();
@@ -292,7 +317,10 @@ impl Validator<'_> {
                     self.error(
                         alias.referenced,
                         format!("{path}.aliases[{i}]"),
-                        format!("`{}` is already the name or an alias of {owner}", alias.value),
+                        format!(
+                            "`{}` is already the name or an alias of {owner}",
+                            alias.value
+                        ),
                     );
                 } else {
                     names.insert(alias.value.as_str(), format!("model `{name}`"));
@@ -365,9 +393,9 @@ impl Validator<'_> {
                             "at least one endpoint is needed",
                         );
                     }
-                    if p.mock.is_some() {
+                    if let Some(mock) = &p.mock {
                         self.error(
-                            Location::UNKNOWN,
+                            mock.referenced,
                             format!("{path}.mock"),
                             "only a `mock` pool takes mock settings",
                         );
@@ -381,24 +409,12 @@ impl Validator<'_> {
                 }
             };
             let t = &p.timeouts;
-            for (key, value) in [
-                ("connect", t.connect),
-                ("first_byte", t.first_byte),
-                ("idle", t.idle),
-                ("total", t.total),
-            ] {
-                if value.is_zero() {
-                    self.error(
-                        Location::UNKNOWN,
-                        format!("{path}.timeouts.{key}"),
-                        "must be longer than zero",
-                    );
-                }
-            }
-            let ca_file = p.tls.ca_file.as_ref().map(|f| {
-                PathBuf::from(self.existing_file(f, &format!("{path}.tls.ca_file")))
-            });
-            let mock = p.mock.as_ref();
+            let ca_file = p
+                .tls
+                .ca_file
+                .as_ref()
+                .map(|f| PathBuf::from(self.existing_file(f, &format!("{path}.tls.ca_file"))));
+            let mock = p.mock.as_ref().map(|m| &m.value);
             out.push(PoolSpec {
                 name: name.clone(),
                 provider: p.provider,
@@ -445,8 +461,15 @@ impl Validator<'_> {
                 return None;
             }
         };
-        let Some(host) = url.host_str().map(|h| h.trim_matches(['[', ']']).to_owned()) else {
-            self.error(e.url.referenced, format!("{path}.url"), "the URL has no host");
+        let Some(host) = url
+            .host_str()
+            .map(|h| h.trim_matches(['[', ']']).to_owned())
+        else {
+            self.error(
+                e.url.referenced,
+                format!("{path}.url"),
+                "the URL has no host",
+            );
             return None;
         };
         if url.query().is_some() || url.fragment().is_some() {
@@ -457,9 +480,7 @@ impl Validator<'_> {
             );
         }
         let api_key = match &e.api_key {
-            Some(k) => Some(Secret::new(
-                self.expand_env(k, &format!("{path}.api_key"))?,
-            )),
+            Some(k) => Some(Secret::new(self.expand_env(k, &format!("{path}.api_key"))?)),
             None => None,
         };
         if e.weight.value == 0 {
@@ -472,7 +493,9 @@ impl Validator<'_> {
         Some(EndpointSpec {
             url: url_text.clone(),
             tls,
-            port: url.port_or_known_default().unwrap_or(if tls { 443 } else { 80 }),
+            port: url
+                .port_or_known_default()
+                .unwrap_or(if tls { 443 } else { 80 }),
             host,
             base_path: url.path().trim_end_matches('/').to_owned(),
             api_key,

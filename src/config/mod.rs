@@ -143,3 +143,6 @@ impl fmt::Display for Secret {
         f.write_str("*****")
     }
 }
+
+#[cfg(test)]
+mod tests;

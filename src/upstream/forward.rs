@@ -93,9 +93,9 @@ pub async fn forward(
     request_id: &str,
     out: &mut Forwarded,
 ) -> Result<(), GatewayError> {
-    let endpoint = pool
-        .next_endpoint()
-        .ok_or_else(|| GatewayError::Internal(format!("pool `{}` has no endpoint", pool.spec.name)))?;
+    let endpoint = pool.next_endpoint().ok_or_else(|| {
+        GatewayError::Internal(format!("pool `{}` has no endpoint", pool.spec.name))
+    })?;
     out.endpoint = Some(endpoint.spec.url.clone());
     let t = pool.spec.timeouts;
     let deadline = Instant::now() + t.total;
@@ -140,25 +140,34 @@ pub async fn forward(
         }
     }
     let Some(mut upstream) = upstream else {
-        return Err(unreachable("the connection failed twice before a response".into()));
+        return Err(unreachable(
+            "the connection failed twice before a response".into(),
+        ));
     };
     let Some(upstream_header) = upstream.response_header() else {
-        return Err(GatewayError::Internal("response header missing after read".into()));
+        return Err(GatewayError::Internal(
+            "response header missing after read".into(),
+        ));
     };
     out.status = Some(upstream_header.status.as_u16());
     let (client_header, event_stream) = client_response_header(upstream_header, request_id)?;
     out.event_stream = event_stream;
-    session.write_response_header(Box::new(client_header), false).await.map_err(|e| {
-        out.client_gone = true;
-        GatewayError::BodyIncomplete(format!("client gone before the response: {e}"))
-    })?;
+    session
+        .write_response_header(Box::new(client_header), false)
+        .await
+        .map_err(|e| {
+            out.client_gone = true;
+            GatewayError::BodyIncomplete(format!("client gone before the response: {e}"))
+        })?;
     out.response_started = true;
 
     // Body: each upstream chunk goes to the client as soon as it is read. Meanwhile the
     // client connection is watched, so a client that leaves cancels the upstream request
     // at once (the upstream connection is dropped, not pooled).
     loop {
-        let wait = t.idle.min(deadline.saturating_duration_since(Instant::now()));
+        let wait = t
+            .idle
+            .min(deadline.saturating_duration_since(Instant::now()));
         let read = tokio::select! {
             read = tokio::time::timeout(wait, upstream.read_response_body()) => read,
             _ = session.as_downstream_mut().read_body_or_idle(true) => {
@@ -236,7 +245,9 @@ fn request_header(
     body_len: usize,
     request_id: &str,
 ) -> Result<RequestHeader, GatewayError> {
-    let internal = |e: Box<pingora_error::Error>| GatewayError::Internal(format!("building the upstream request: {e}"));
+    let internal = |e: Box<pingora_error::Error>| {
+        GatewayError::Internal(format!("building the upstream request: {e}"))
+    };
     let spec = &endpoint.spec;
     let mut path = format!("{}{}", spec.base_path, api.path());
     if let Some(query) = client.uri.query() {
@@ -247,7 +258,8 @@ fn request_header(
         .map_err(internal)?;
     for (name, value) in client.headers.iter() {
         if !DROP_REQUEST_HEADERS.contains(&name.as_str()) {
-            req.append_header(name.clone(), value.clone()).map_err(internal)?;
+            req.append_header(name.clone(), value.clone())
+                .map_err(internal)?;
         }
     }
     let default_port = if spec.tls { 443 } else { 80 };
@@ -258,9 +270,12 @@ fn request_header(
         (false, false) => format!("{}:{}", spec.host, spec.port),
     };
     req.insert_header("host", host).map_err(internal)?;
-    req.insert_header("content-type", "application/json").map_err(internal)?;
-    req.insert_header("content-length", body_len.to_string()).map_err(internal)?;
-    req.insert_header("x-request-id", request_id).map_err(internal)?;
+    req.insert_header("content-type", "application/json")
+        .map_err(internal)?;
+    req.insert_header("content-length", body_len.to_string())
+        .map_err(internal)?;
+    req.insert_header("x-request-id", request_id)
+        .map_err(internal)?;
     if let Some(key) = &spec.api_key {
         req.insert_header("authorization", format!("Bearer {}", key.expose()))
             .map_err(internal)?;
@@ -273,17 +288,23 @@ fn client_response_header(
     upstream: &ResponseHeader,
     request_id: &str,
 ) -> Result<(ResponseHeader, bool), GatewayError> {
-    let internal = |e: Box<pingora_error::Error>| GatewayError::Internal(format!("building the response header: {e}"));
-    let mut h = ResponseHeader::build(upstream.status, Some(upstream.headers.len() + 2)).map_err(internal)?;
+    let internal = |e: Box<pingora_error::Error>| {
+        GatewayError::Internal(format!("building the response header: {e}"))
+    };
+    let mut h = ResponseHeader::build(upstream.status, Some(upstream.headers.len() + 2))
+        .map_err(internal)?;
     for (name, value) in upstream.headers.iter() {
         if !DROP_RESPONSE_HEADERS.contains(&name.as_str()) {
-            h.append_header(name.clone(), value.clone()).map_err(internal)?;
+            h.append_header(name.clone(), value.clone())
+                .map_err(internal)?;
         }
     }
     if let Some(id) = upstream.headers.get("x-request-id") {
-        h.insert_header("x-upstream-request-id", id.clone()).map_err(internal)?;
+        h.insert_header("x-upstream-request-id", id.clone())
+            .map_err(internal)?;
     }
-    h.insert_header("x-request-id", request_id).map_err(internal)?;
+    h.insert_header("x-request-id", request_id)
+        .map_err(internal)?;
     let event_stream = upstream
         .headers
         .get("content-type")

@@ -26,15 +26,24 @@ pub async fn answer(
     upstream_model: &str,
     request_id: &str,
 ) -> Result<(), GatewayError> {
-    let body: Value = serde_json::from_slice(&req.body)
-        .map_err(|e| GatewayError::Internal(format!("mock: body parsed before but not now: {e}")))?;
+    // The gateway checked the body is JSON; a full parse can still refuse it (nesting
+    // deeper than 128), as a real upstream would.
+    let body: Value = serde_json::from_slice(&req.body).map_err(|e| {
+        GatewayError::invalid(
+            format!("The mock provider cannot read this body: {e}"),
+            None,
+        )
+    })?;
     let settings = pool.spec.mock;
     let id = format!("mock-{request_id}");
-    let write_err = |e: Box<pingora_error::Error>| GatewayError::BodyIncomplete(format!("client gone: {e}"));
+    let write_err =
+        |e: Box<pingora_error::Error>| GatewayError::BodyIncomplete(format!("client gone: {e}"));
     match req.api {
         Api::Embeddings => {
             let response = embeddings(&body, upstream_model, settings.embedding_dims)?;
-            respond::json(session, 200, response, request_id).await.map_err(write_err)
+            respond::json(session, 200, response, request_id)
+                .await
+                .map_err(write_err)
         }
         Api::ChatCompletions | Api::Completions => {
             let prompt = prompt_text(req.api, &body);
@@ -46,17 +55,23 @@ pub async fn answer(
             });
             if req.stream {
                 let chunks = stream_chunks(req, &id, upstream_model, &words, usage);
-                respond::sse_start(session, request_id).await.map_err(write_err)?;
+                respond::sse_start(session, request_id)
+                    .await
+                    .map_err(write_err)?;
                 for (i, chunk) in chunks.iter().enumerate() {
                     if i > 0 && !settings.chunk_delay.is_zero() {
                         tokio::time::sleep(settings.chunk_delay).await;
                     }
-                    respond::sse_event(session, chunk).await.map_err(write_err)?;
+                    respond::sse_event(session, chunk)
+                        .await
+                        .map_err(write_err)?;
                 }
                 respond::sse_done(session).await.map_err(write_err)
             } else {
                 let response = complete(req.api, &id, upstream_model, &words.concat(), usage);
-                respond::json(session, 200, response, request_id).await.map_err(write_err)
+                respond::json(session, 200, response, request_id)
+                    .await
+                    .map_err(write_err)
             }
         }
     }
@@ -147,7 +162,11 @@ fn stream_chunks(
     let created = unix_now();
     let chat = req.api == Api::ChatCompletions;
     let chunk = |choice: Value| {
-        let object = if chat { "chat.completion.chunk" } else { "text_completion" };
+        let object = if chat {
+            "chat.completion.chunk"
+        } else {
+            "text_completion"
+        };
         let mut c = json!({
             "id": id, "object": object, "created": created, "model": model,
             "choices": [choice],
@@ -177,7 +196,11 @@ fn stream_chunks(
         json!({"index": 0, "text": "", "logprobs": null, "finish_reason": "stop"})
     }));
     if req.include_usage {
-        let object = if chat { "chat.completion.chunk" } else { "text_completion" };
+        let object = if chat {
+            "chat.completion.chunk"
+        } else {
+            "text_completion"
+        };
         out.push(
             json!({
                 "id": id, "object": object, "created": created, "model": model,
@@ -202,7 +225,10 @@ fn embeddings(body: &Value, model: &str, dims: usize) -> Result<Bytes, GatewayEr
         }
     };
     if inputs.is_empty() {
-        return Err(GatewayError::invalid("`input` must not be empty", Some("input")));
+        return Err(GatewayError::invalid(
+            "`input` must not be empty",
+            Some("input"),
+        ));
     }
     let base64 = match body.get("encoding_format").and_then(Value::as_str) {
         None | Some("float") => false,
@@ -250,7 +276,12 @@ fn unit_vector(text: &str, dims: usize) -> Vec<f32> {
             (h.finish() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
         })
         .collect();
-    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(f32::EPSILON);
+    let norm = v
+        .iter()
+        .map(|x| x * x)
+        .sum::<f32>()
+        .sqrt()
+        .max(f32::EPSILON);
     v.iter_mut().for_each(|x| *x /= norm);
     v
 }

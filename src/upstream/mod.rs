@@ -38,13 +38,22 @@ impl Pool {
     pub fn build(spec: PoolSpec) -> Result<Pool, String> {
         let ca = match &spec.ca_file {
             Some(path) => {
-                let pem = std::fs::read(path)
-                    .map_err(|e| format!("pool `{}`: cannot read {}: {e}", spec.name, path.display()))?;
+                let pem = std::fs::read(path).map_err(|e| {
+                    format!("pool `{}`: cannot read {}: {e}", spec.name, path.display())
+                })?;
                 let certs = openssl::x509::X509::stack_from_pem(&pem).map_err(|e| {
-                    format!("pool `{}`: {} holds no PEM certificate: {e}", spec.name, path.display())
+                    format!(
+                        "pool `{}`: {} holds no PEM certificate: {e}",
+                        spec.name,
+                        path.display()
+                    )
                 })?;
                 if certs.is_empty() {
-                    return Err(format!("pool `{}`: {} holds no certificate", spec.name, path.display()));
+                    return Err(format!(
+                        "pool `{}`: {} holds no certificate",
+                        spec.name,
+                        path.display()
+                    ));
                 }
                 Some(Arc::new(certs.into_boxed_slice()))
             }

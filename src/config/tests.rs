@@ -1,0 +1,213 @@
+//! Each class of config mistake gives one message naming the line and the key path.
+
+use std::path::Path;
+
+use super::{ConfigError, parse};
+
+const GOOD: &str = "\
+listeners:
+  - address: 127.0.0.1:8080
+models:
+  gpt-4o:
+    aliases: [four]
+    targets:
+      - pool: openai
+pools:
+  openai:
+    provider: openai
+    endpoints:
+      - url: https://api.openai.com/v1
+        api_key: ${OPENAI_API_KEY}
+";
+
+fn env(name: &str) -> Option<String> {
+    (name == "OPENAI_API_KEY").then(|| "sk-test".to_owned())
+}
+
+fn errors(text: &str) -> Vec<ConfigError> {
+    match parse(text, "gw.yaml", Path::new("."), &env) {
+        Ok(_) => panic!("config should be invalid:\n{text}"),
+        Err(e) => e.0,
+    }
+}
+
+/// The single error for `text`, checked for line and path.
+fn one_error(text: &str, line: u64, path: &str, says: &str) {
+    let errs = errors(text);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    let e = &errs[0];
+    assert_eq!((e.line, e.path.as_str()), (line, path), "{e}");
+    assert!(
+        e.message.contains(says),
+        "`{}` should say `{says}`",
+        e.message
+    );
+    let shown = e.to_string();
+    assert!(shown.starts_with(&format!("gw.yaml:{line}:")), "{shown}");
+    assert!(shown.contains(path), "{shown}");
+}
+
+#[test]
+fn the_good_config_loads_with_defaults() {
+    let c = parse(GOOD, "gw.yaml", Path::new("."), &env).unwrap();
+    assert_eq!(c.models[0].targets[0].upstream_model, "gpt-4o");
+    let e = &c.pools[0].endpoints[0];
+    assert_eq!(
+        (e.host.as_str(), e.port, e.tls),
+        ("api.openai.com", 443, true)
+    );
+    assert_eq!(e.base_path, "/v1");
+    assert_eq!(e.api_key.as_ref().unwrap().expose(), "sk-test");
+    assert_eq!(format!("{:?}", e.api_key), "Some(*****)");
+    let cores = std::thread::available_parallelism().unwrap().get();
+    assert_eq!(c.server.threads, cores);
+}
+
+#[test]
+fn yaml_syntax_error() {
+    one_error(
+        &GOOD.replace("models:\n", "models: [\n"),
+        3,
+        "models",
+        "expected",
+    );
+}
+
+#[test]
+fn unknown_key() {
+    one_error(
+        &GOOD.replace(
+            "    provider: openai\n",
+            "    provider: openai\n    retries: 3\n",
+        ),
+        11,
+        "pools.openai.retries",
+        "unknown field `retries`",
+    );
+}
+
+#[test]
+fn wrong_type() {
+    one_error(
+        &format!("server:\n  threads: many\n{GOOD}"),
+        2,
+        "server.threads",
+        "invalid",
+    );
+}
+
+#[test]
+fn unknown_provider() {
+    one_error(
+        &GOOD.replace("provider: openai", "provider: acme"),
+        10,
+        "pools.openai.provider",
+        "unknown variant `acme`",
+    );
+}
+
+#[test]
+fn missing_required_key() {
+    let errs = errors(&GOOD.replace(
+        "      - url: https://api.openai.com/v1\n        api_key",
+        "      - api_key",
+    ));
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].message.contains("missing field `url`"),
+        "{}",
+        errs[0]
+    );
+    assert!(
+        errs[0].path.starts_with("pools.openai.endpoints[0]"),
+        "{}",
+        errs[0]
+    );
+    assert!(errs[0].line > 0, "{}", errs[0]);
+}
+
+#[test]
+fn missing_environment_variable_is_named() {
+    one_error(
+        &GOOD.replace("OPENAI_API_KEY", "ACME_KEY"),
+        13,
+        "pools.openai.endpoints[0].api_key",
+        "environment variable `ACME_KEY` is not set",
+    );
+}
+
+#[test]
+fn unknown_pool() {
+    one_error(
+        &GOOD.replace("- pool: openai", "- pool: opnai"),
+        7,
+        "models.gpt-4o.targets[0].pool",
+        "no pool named `opnai`",
+    );
+}
+
+#[test]
+fn alias_taken_twice() {
+    one_error(
+        &GOOD.replace("aliases: [four]", "aliases: [four, gpt-4o]"),
+        5,
+        "models.gpt-4o.aliases[1]",
+        "already the name or an alias",
+    );
+}
+
+#[test]
+fn bad_listener_address() {
+    one_error(
+        &GOOD.replace("127.0.0.1:8080", "localhost"),
+        2,
+        "listeners[0].address",
+        "not an IP:port",
+    );
+}
+
+#[test]
+fn bad_url() {
+    one_error(
+        &GOOD.replace("https://api.openai.com/v1", "ftp://api.openai.com/v1"),
+        12,
+        "pools.openai.endpoints[0].url",
+        "scheme `ftp`",
+    );
+}
+
+#[test]
+fn zero_duration() {
+    one_error(
+        &GOOD.replace(
+            "    provider: openai\n",
+            "    provider: openai\n    timeouts: {idle: 0s}\n",
+        ),
+        11,
+        "pools.openai.timeouts.idle",
+        "longer than zero",
+    );
+}
+
+#[test]
+fn missing_certificate_file() {
+    one_error(
+        &GOOD.replace(
+            "  - address: 127.0.0.1:8080\n",
+            "  - address: 127.0.0.1:8443\n    tls: {cert_file: /nonexistent/c.pem, key_file: Cargo.toml}\n",
+        ),
+        3,
+        "listeners[0].tls.cert_file",
+        "cannot read file",
+    );
+}
+
+#[test]
+fn every_semantic_error_is_reported_at_once_in_file_order() {
+    let text = GOOD
+        .replace("aliases: [four]", "aliases: [gpt-4o]")
+        .replace("- pool: openai", "- pool: nope")
+        .replace("OPENAI_API_KEY", "ACME_KEY");
+    let lines: Vec<u64> = errors(&text).iter().map(|e| e.line).collect();
+    assert_eq!(lines, vec![5, 7, 13]);
+}
