@@ -1,7 +1,6 @@
 //! Builds the Pingora server from a validated config: server settings, listeners (plain
-//! with h2c, or TLS with ALPN), and the gateway service.
+//! HTTP/1.1, or TLS with ALPN h2 and HTTP/1.1), and the gateway service.
 
-use pingora_core::apps::HttpServerOptions;
 use pingora_core::connectors::{ConnectorOptions, http::Connector};
 use pingora_core::listeners::tls::TlsSettings;
 use pingora_core::server::Server;
@@ -53,13 +52,6 @@ pub fn build(config: Config, mode: StartMode) -> Result<Server, String> {
         Gateway::new(state, connector),
         "tollgate",
     );
-    if let Some(app) = service.app_logic_mut() {
-        let mut options = HttpServerOptions::default();
-        // Plain listeners accept HTTP/2 with prior knowledge; HTTP/1.1 is detected and
-        // served as before.
-        options.h2c = true;
-        app.server_options = Some(options);
-    }
     for l in &listeners {
         match &l.tls {
             None => service.add_tcp(&l.address),

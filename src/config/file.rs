@@ -58,7 +58,7 @@ pub struct ServerSection {
 pub struct ListenerSection {
     pub address: Spanned<String>,
     pub tls: Option<TlsListenerSection>,
-    /// TLS: offer h2 through ALPN. Plain: accept h2c with prior knowledge.
+    /// Offer HTTP/2 through ALPN (TLS listeners only).
     #[serde(default)]
     pub http2: bool,
 }

@@ -247,6 +247,15 @@ impl Validator<'_> {
                     format!("same address as listeners[{first}]"),
                 );
             }
+            if l.http2 && l.tls.is_none() {
+                // Cleartext h2 (h2c) would make Pingora wait for 24 bytes before it can
+                // tell HTTP/1 from HTTP/2, stalling short HTTP/1.0 requests.
+                self.error(
+                    l.address.referenced,
+                    format!("{path}.http2"),
+                    "HTTP/2 is offered on TLS listeners only (through ALPN); add `tls` or drop `http2`",
+                );
+            }
             let tls = l.tls.map(|t| ListenerTls {
                 cert_file: self.existing_file(&t.cert_file, &format!("{path}.tls.cert_file")),
                 key_file: self.existing_file(&t.key_file, &format!("{path}.tls.key_file")),

@@ -117,11 +117,18 @@ pub async fn forward(
             .get_http_session(&peer)
             .await
             .map_err(|e| connect_error(pool, &e))?;
-        let sent = tokio::time::timeout(
+        let exchange = tokio::time::timeout(
             t.first_byte.min(deadline - Instant::now()),
             send_and_read_header(&mut conn, request.clone(), body.clone()),
-        )
-        .await;
+        );
+        // A client that leaves while the upstream is still thinking cancels it too.
+        let sent = tokio::select! {
+            sent = exchange => sent,
+            _ = session.as_downstream_mut().read_body_or_idle(true) => {
+                out.client_gone = true;
+                return Ok(());
+            }
+        };
         match sent {
             Ok(Ok(())) => {
                 upstream = Some(conn);
