@@ -3,9 +3,11 @@
 
 mod models;
 mod request;
+mod sse;
 
 pub use models::{model_list, model_object};
 pub use request::{Api, InferenceRequest};
+pub use sse::{SseParser, Usage};
 
 /// Seconds since the Unix epoch, for `created` fields.
 pub fn unix_now() -> u64 {

@@ -1,0 +1,209 @@
+//! Server-sent events as OpenAI streams them, and the token usage they report.
+//!
+//! [`SseParser`] cuts a byte stream into events wherever the network split it: an event
+//! may span chunks and a chunk may hold many events. Only the `data` payloads are handed
+//! out; the bytes themselves are never changed (the gateway forwards the original
+//! chunks). [`Usage::find`] reads `usage` from a payload or a whole JSON body, touching
+//! JSON only when the text contains a usage object.
+
+use bytes::BytesMut;
+use memchr::memmem;
+use serde::Deserialize;
+
+/// Token counts as reported by the upstream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub struct Usage {
+    #[serde(default)]
+    pub prompt_tokens: u64,
+    #[serde(default)]
+    pub completion_tokens: u64,
+    #[serde(default)]
+    pub total_tokens: u64,
+    #[serde(default)]
+    pub prompt_tokens_details: Option<PromptDetails>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub struct PromptDetails {
+    #[serde(default)]
+    pub cached_tokens: u64,
+}
+
+#[derive(Deserialize)]
+struct WithUsage {
+    usage: Option<Usage>,
+}
+
+impl Usage {
+    /// The `usage` object of a JSON text (an SSE payload or a whole response body), if it
+    /// has a non-null one. Texts without the key are rejected by a substring search alone.
+    pub fn find(json: &[u8]) -> Option<Usage> {
+        memmem::find(json, b"\"usage\"")?;
+        serde_json::from_slice::<WithUsage>(json).ok()?.usage
+    }
+
+    pub fn cached_tokens(&self) -> u64 {
+        self.prompt_tokens_details.map_or(0, |d| d.cached_tokens)
+    }
+}
+
+/// Incremental SSE splitter.
+#[derive(Debug, Default)]
+pub struct SseParser {
+    /// The start of an event whose end has not arrived yet.
+    partial: BytesMut,
+}
+
+/// Longest event kept while waiting for its end; a longer one is dropped (and counted by
+/// the caller as unreadable), so a broken upstream cannot grow this buffer without bound.
+const MAX_EVENT: usize = 4 * 1024 * 1024;
+
+impl SseParser {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Feeds one chunk; calls `on_data` with the data of each event completed by it
+    /// (multi-line data joined with `\n`, as the SSE spec says).
+    pub fn feed(&mut self, chunk: &[u8], mut on_data: impl FnMut(&[u8])) {
+        let mut rest = chunk;
+        if !self.partial.is_empty() {
+            // Only look for the end where it can be: the boundary may straddle chunks.
+            let overlap = self.partial.len().min(3);
+            self.partial.extend_from_slice(chunk);
+            let search_from = self.partial.len() - chunk.len() - overlap;
+            let Some((end, sep)) = event_end(&self.partial[search_from..]) else {
+                if self.partial.len() > MAX_EVENT {
+                    self.partial.clear();
+                }
+                return;
+            };
+            let event_len = search_from + end;
+            let consumed_from_chunk =
+                (event_len + sep).saturating_sub(self.partial.len() - chunk.len());
+            emit_data(&self.partial[..event_len], &mut on_data);
+            self.partial.clear();
+            rest = &chunk[consumed_from_chunk..];
+        }
+        while let Some((end, sep)) = event_end(rest) {
+            emit_data(&rest[..end], &mut on_data);
+            rest = &rest[end + sep..];
+        }
+        if !rest.is_empty() && rest.len() <= MAX_EVENT {
+            self.partial.extend_from_slice(rest);
+        }
+    }
+}
+
+/// Where the first event in `buf` ends, and the length of the blank-line separator.
+fn event_end(buf: &[u8]) -> Option<(usize, usize)> {
+    let lf = memmem::find(buf, b"\n\n").map(|i| (i, 2));
+    // CRLF framing is rare; only search for it when a CR is present at all.
+    let crlf = if memchr::memchr(b'\r', buf).is_some() {
+        memmem::find(buf, b"\r\n\r\n").map(|i| (i, 4))
+    } else {
+        None
+    };
+    match (lf, crlf) {
+        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+        (a, b) => a.or(b),
+    }
+}
+
+fn emit_data(event: &[u8], on_data: &mut impl FnMut(&[u8])) {
+    let mut data: Option<Vec<u8>> = None;
+    let mut single: Option<&[u8]> = None;
+    for line in event.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(value) = line.strip_prefix(b"data:") else {
+            continue;
+        };
+        let value = value.strip_prefix(b" ").unwrap_or(value);
+        match (&mut data, single) {
+            (None, None) => single = Some(value),
+            (None, Some(first)) => {
+                let mut joined = first.to_vec();
+                joined.push(b'\n');
+                joined.extend_from_slice(value);
+                data = Some(joined);
+            }
+            (Some(joined), _) => {
+                joined.push(b'\n');
+                joined.extend_from_slice(value);
+            }
+        }
+    }
+    match (data, single) {
+        (Some(joined), _) => on_data(&joined),
+        (None, Some(value)) => on_data(value),
+        (None, None) => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn events(chunks: &[&[u8]]) -> Vec<String> {
+        let mut p = SseParser::new();
+        let mut out = Vec::new();
+        for c in chunks {
+            p.feed(c, |d| out.push(String::from_utf8_lossy(d).into_owned()));
+        }
+        out
+    }
+
+    #[test]
+    fn splits_events_wherever_the_chunks_break() {
+        let stream = b"data: {\"a\":1}\n\ndata: {\"b\":2}\n\n: comment\n\ndata: [DONE]\n\n";
+        let whole = events(&[stream]);
+        assert_eq!(whole, vec!["{\"a\":1}", "{\"b\":2}", "[DONE]"]);
+        // Every split point, including inside the blank-line separator.
+        for cut in 0..stream.len() {
+            assert_eq!(
+                events(&[&stream[..cut], &stream[cut..]]),
+                whole,
+                "cut at {cut}"
+            );
+        }
+        let bytes: Vec<&[u8]> = stream.chunks(1).collect();
+        assert_eq!(events(&bytes), whole);
+    }
+
+    #[test]
+    fn crlf_framing_and_multiline_data() {
+        assert_eq!(
+            events(&[b"data: x\r\n\r\nevent: e\ndata: 1\ndata: 2\n\n"]),
+            vec!["x", "1\n2"]
+        );
+    }
+
+    #[test]
+    fn usage_is_found_only_when_present_and_not_null() {
+        let last = br#"{"id":"c","choices":[],"usage":{"prompt_tokens":11,"completion_tokens":7,"total_tokens":18,"prompt_tokens_details":{"cached_tokens":3}}}"#;
+        let u = Usage::find(last).unwrap();
+        assert_eq!(
+            (u.prompt_tokens, u.completion_tokens, u.cached_tokens()),
+            (11, 7, 3)
+        );
+        assert_eq!(
+            Usage::find(br#"{"choices":[{"delta":{"content":"hi"}}],"usage":null}"#),
+            None
+        );
+        assert_eq!(
+            Usage::find(br#"{"choices":[{"delta":{"content":"usage"}}]}"#),
+            None
+        );
+        assert_eq!(Usage::find(b"[DONE]"), None);
+    }
+
+    #[test]
+    fn an_endless_event_does_not_grow_the_buffer_forever() {
+        let mut p = SseParser::new();
+        let chunk = vec![b'x'; 1024 * 1024];
+        for _ in 0..10 {
+            p.feed(&chunk, |_| panic!("no event ends"));
+        }
+        assert!(p.partial.len() <= MAX_EVENT + chunk.len());
+    }
+}
