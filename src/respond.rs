@@ -53,12 +53,9 @@ pub async fn error(session: &mut Session, e: &GatewayError, request_id: &str) ->
         };
         h.insert_header("allow", allow)?;
     }
-    if matches!(
-        e,
-        GatewayError::BodyTooLarge { .. } | GatewayError::BodyTimeout
-    ) {
-        // The rest of the body is never read, so the connection cannot carry another
-        // request.
+    if !session.as_downstream_mut().is_body_done() {
+        // The rest of the body (maybe huge, maybe never coming) is not read: close the
+        // connection rather than drain it for the next request.
         h.insert_header("connection", "close")?;
         session.set_keepalive(None);
     }

@@ -353,3 +353,18 @@ async fn an_upstream_that_dies_mid_stream_ends_the_stream_with_an_error_event() 
     let last: Value = serde_json::from_str(parse_sse_data(&text).last().unwrap()).unwrap();
     assert!(last["error"]["code"].is_string(), "{text}");
 }
+
+#[tokio::test]
+async fn an_unread_body_is_never_taken_for_the_next_request() {
+    let gw = mock_only();
+    let smuggled = "GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n";
+    let request = format!(
+        "POST /v1/nope HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{smuggled}",
+        smuggled.len()
+    );
+    let response = raw_request(gw.addr(), request.as_bytes());
+    let text = String::from_utf8_lossy(&response);
+    assert_eq!(raw_status(&response), Some(404), "{text}");
+    assert_eq!(text.matches("HTTP/1.1 ").count(), 1, "{text}");
+    assert!(!text.contains("\"object\":\"list\""), "{text}");
+}

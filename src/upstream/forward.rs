@@ -118,7 +118,8 @@ pub async fn forward(
             .await
             .map_err(|e| connect_error(pool, &e))?;
         let exchange = tokio::time::timeout(
-            t.first_byte.min(deadline - Instant::now()),
+            t.first_byte
+                .min(deadline.saturating_duration_since(Instant::now())),
             send_and_read_header(&mut conn, request.clone(), body.clone()),
         );
         // A client that leaves while the upstream is still thinking cancels it too.
