@@ -38,6 +38,28 @@ fn chat_body(model: &str, content: &str) -> Value {
     json!({"model": model, "messages": [{"role": "user", "content": content}]})
 }
 
+/// A gateway whose `gpt-4o` goes to `upstream` as model `m`, with extra pool settings.
+fn gateway_for(upstream: &MockUpstream, extra_pool_yaml: &str) -> Gateway {
+    Gateway::start_with_env(
+        &single("gpt-4o", "m", &upstream.url(), extra_pool_yaml),
+        &[("UPSTREAM_KEY", UPSTREAM_KEY)],
+    )
+}
+
+/// Posts a chat request for `gpt-4o`, streamed or not.
+async fn post_chat(gw: &Gateway, stream: bool) -> reqwest::Response {
+    let mut body = chat_body("gpt-4o", "hi");
+    if stream {
+        body["stream"] = json!(true);
+    }
+    reqwest::Client::new()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn rewrites_model_swaps_credentials_and_keeps_every_other_byte() {
     let upstream = MockUpstream::start(Behavior::EchoChat);
@@ -132,18 +154,8 @@ async fn stream_chunks_reach_the_client_as_the_upstream_sends_them() {
         sse_chat_chunk("c1", "second"),
     ];
     let upstream = MockUpstream::start(Behavior::sse(events, Duration::from_millis(300)));
-    let gw = Gateway::start_with_env(
-        &single("gpt-4o", "m", &upstream.url(), ""),
-        &[("UPSTREAM_KEY", UPSTREAM_KEY)],
-    );
-    let mut body = chat_body("gpt-4o", "hi");
-    body["stream"] = json!(true);
-    let resp = reqwest::Client::new()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let gw = gateway_for(&upstream, "");
+    let resp = post_chat(&gw, true).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["content-type"], "text/event-stream");
     let mut stream = resp.bytes_stream();
@@ -170,18 +182,8 @@ async fn a_client_that_leaves_mid_stream_cancels_the_upstream_request() {
         .map(|i| sse_chat_chunk("c", &format!("t{i}")))
         .collect();
     let upstream = MockUpstream::start(Behavior::sse(events, Duration::from_millis(100)));
-    let gw = Gateway::start_with_env(
-        &single("gpt-4o", "m", &upstream.url(), ""),
-        &[("UPSTREAM_KEY", UPSTREAM_KEY)],
-    );
-    let mut body = chat_body("gpt-4o", "hi");
-    body["stream"] = json!(true);
-    let resp = reqwest::Client::new()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let gw = gateway_for(&upstream, "");
+    let resp = post_chat(&gw, true).await;
     let mut stream = resp.bytes_stream();
     let _first = stream.next().await.unwrap().unwrap();
     drop(stream);
@@ -202,16 +204,8 @@ async fn a_client_that_leaves_mid_stream_cancels_the_upstream_request() {
 async fn upstream_errors_pass_through_with_their_status_and_body() {
     let body = json!({"error": {"message": "slow down", "type": "rate_limit_error", "param": null, "code": "rate_limit_exceeded"}});
     let upstream = MockUpstream::start(Behavior::json(429, body.clone()));
-    let gw = Gateway::start_with_env(
-        &single("gpt-4o", "m", &upstream.url(), ""),
-        &[("UPSTREAM_KEY", UPSTREAM_KEY)],
-    );
-    let resp = reqwest::Client::new()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&chat_body("gpt-4o", "hi"))
-        .send()
-        .await
-        .unwrap();
+    let gw = gateway_for(&upstream, "");
+    let resp = post_chat(&gw, false).await;
     assert_eq!(resp.status(), 429);
     assert!(resp.headers().get("x-request-id").is_some());
     assert_eq!(resp.json::<Value>().await.unwrap(), body);
@@ -220,10 +214,7 @@ async fn upstream_errors_pass_through_with_their_status_and_body() {
 #[tokio::test]
 async fn keeps_using_pooled_upstream_connections() {
     let upstream = MockUpstream::start(Behavior::EchoChat);
-    let gw = Gateway::start_with_env(
-        &single("gpt-4o", "m", &upstream.url(), ""),
-        &[("UPSTREAM_KEY", UPSTREAM_KEY)],
-    );
+    let gw = gateway_for(&upstream, "");
     let client = reqwest::Client::new();
     for _ in 0..5 {
         let resp = client
@@ -248,21 +239,8 @@ async fn reaches_a_tls_upstream_by_host_name_verifying_it_with_the_pool_ca() {
     let (upstream, ca) = MockUpstream::start_tls(Behavior::EchoChat);
     assert!(upstream.url().starts_with("https://localhost:"));
     let ca_path = ca.ca_pem_path().display().to_string();
-    let gw = Gateway::start_with_env(
-        &single(
-            "gpt-4o",
-            "m",
-            &upstream.url(),
-            &format!("    tls: {{ca_file: '{ca_path}'}}\n"),
-        ),
-        &[("UPSTREAM_KEY", UPSTREAM_KEY)],
-    );
-    let resp = reqwest::Client::new()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&chat_body("gpt-4o", "hi"))
-        .send()
-        .await
-        .unwrap();
+    let gw = gateway_for(&upstream, &format!("    tls: {{ca_file: '{ca_path}'}}\n"));
+    let resp = post_chat(&gw, false).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(
         upstream.last_request().header("host"),
@@ -274,16 +252,8 @@ async fn reaches_a_tls_upstream_by_host_name_verifying_it_with_the_pool_ca() {
 async fn refuses_a_tls_upstream_whose_certificate_does_not_verify() {
     // The system store does not trust the test CA.
     let (upstream, _ca) = MockUpstream::start_tls(Behavior::EchoChat);
-    let gw = Gateway::start_with_env(
-        &single("gpt-4o", "m", &upstream.url(), ""),
-        &[("UPSTREAM_KEY", UPSTREAM_KEY)],
-    );
-    let resp = reqwest::Client::new()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&chat_body("gpt-4o", "hi"))
-        .send()
-        .await
-        .unwrap();
+    let gw = gateway_for(&upstream, "");
+    let resp = post_chat(&gw, false).await;
     assert_eq!(resp.status(), 502);
     let err: Value = resp.json().await.unwrap();
     assert_eq!(err["error"]["code"], "upstream_unreachable");

@@ -24,10 +24,8 @@ use crate::openai::Api;
 /// How long an idle upstream connection stays in the pool.
 const POOLED_IDLE: Duration = Duration::from_secs(60);
 
-/// Client request headers never sent upstream: hop-by-hop headers, the client's own
-/// credentials (the pool's replace them), headers the gateway sets itself, and account
-/// headers that would not match the gateway's credential.
-const DROP_REQUEST_HEADERS: &[&str] = &[
+/// Hop-by-hop headers: they describe one connection and never cross the gateway.
+const HOP_BY_HOP: &[&str] = &[
     "connection",
     "keep-alive",
     "proxy-connection",
@@ -35,6 +33,12 @@ const DROP_REQUEST_HEADERS: &[&str] = &[
     "te",
     "trailer",
     "upgrade",
+];
+
+/// Client request headers never sent upstream besides [`HOP_BY_HOP`]: the client's own
+/// credentials (the pool's replace them), headers the gateway sets itself, and account
+/// headers that would not match the gateway's credential.
+const DROP_REQUEST_HEADERS: &[&str] = &[
     "host",
     "content-length",
     "expect",
@@ -49,22 +53,19 @@ const DROP_REQUEST_HEADERS: &[&str] = &[
     "x-request-id",
 ];
 
-/// Upstream response headers never passed to the client: hop-by-hop headers, cookies and
-/// account details of the gateway's credential, and the request id (the gateway's own
+/// Upstream response headers never passed to the client besides [`HOP_BY_HOP`]: cookies
+/// and account details of the gateway's credential, and the request id (the gateway's own
 /// replaces it; the upstream's is kept as `x-upstream-request-id`).
 const DROP_RESPONSE_HEADERS: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "transfer-encoding",
-    "te",
-    "trailer",
-    "upgrade",
     "set-cookie",
     "openai-organization",
     "openai-project",
     "x-request-id",
 ];
+
+fn keeps(name: &str, dropped: &[&str]) -> bool {
+    !HOP_BY_HOP.contains(&name) && !dropped.contains(&name)
+}
 
 /// What happened, for the access log.
 #[derive(Debug, Default)]
@@ -265,7 +266,7 @@ fn request_header(
     let mut req = RequestHeader::build("POST", path.as_bytes(), Some(client.headers.len() + 4))
         .map_err(internal)?;
     for (name, value) in client.headers.iter() {
-        if !DROP_REQUEST_HEADERS.contains(&name.as_str()) {
+        if keeps(name.as_str(), DROP_REQUEST_HEADERS) {
             req.append_header(name.clone(), value.clone())
                 .map_err(internal)?;
         }
@@ -302,7 +303,7 @@ fn client_response_header(
     let mut h = ResponseHeader::build(upstream.status, Some(upstream.headers.len() + 2))
         .map_err(internal)?;
     for (name, value) in upstream.headers.iter() {
-        if !DROP_RESPONSE_HEADERS.contains(&name.as_str()) {
+        if keeps(name.as_str(), DROP_RESPONSE_HEADERS) {
             h.append_header(name.clone(), value.clone())
                 .map_err(internal)?;
         }
