@@ -79,8 +79,9 @@ impl GatewayError {
 
     /// OpenAI's `error.type`.
     fn kind(&self) -> &'static str {
+        // OpenAI reports every 4xx of this kind (unknown model included) as
+        // `invalid_request_error`; 5xx as `server_error`.
         match self.status() {
-            404 => "not_found_error",
             400..=499 => "invalid_request_error",
             _ => "server_error",
         }
@@ -108,7 +109,6 @@ impl GatewayError {
     fn param(&self) -> Option<&'static str> {
         match self {
             GatewayError::InvalidRequest { param, .. } => *param,
-            GatewayError::UnknownModel(_) => Some("model"),
             _ => None,
         }
     }
@@ -208,8 +208,8 @@ mod tests {
         let e = GatewayError::UnknownModel("gpt-9".into());
         let v: serde_json::Value = serde_json::from_slice(&e.body()).unwrap();
         assert_eq!(v["error"]["code"], "model_not_found");
-        assert_eq!(v["error"]["type"], "not_found_error");
-        assert_eq!(v["error"]["param"], "model");
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        assert_eq!(v["error"]["param"], serde_json::Value::Null);
         assert!(v["error"]["message"].as_str().unwrap().contains("gpt-9"));
         assert_eq!(e.status(), 404);
     }

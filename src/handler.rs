@@ -5,7 +5,7 @@
 //! [`answer_failure`]; the access log line is written later, in the logging phase.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use pingora_proxy::Session;
@@ -232,6 +232,7 @@ async fn answer_failure(session: &mut Session, ctx: &RequestCtx, e: &GatewayErro
         if let Err(write_err) = respond::error(session, e, &ctx.request_id).await {
             tracing::debug!(request_id = %ctx.request_id, error = %write_err, "could not send the error response");
         }
+        discard_unread_body(session).await;
         return;
     }
     session.set_keepalive(None);
@@ -240,6 +241,31 @@ async fn answer_failure(session: &mut Session, ctx: &RequestCtx, e: &GatewayErro
         let _ = respond::sse_event(session, &body).await;
         let _ = session.write_response_body(None, true).await;
     }
+}
+
+/// Bounds on reading and throwing away a refused body before the connection closes.
+const LINGER_TOTAL: Duration = Duration::from_secs(2);
+const LINGER_IDLE: Duration = Duration::from_millis(200);
+const LINGER_BYTES: usize = 64 * 1024 * 1024;
+
+/// After refusing a request whose body was not read, reads and discards what the client
+/// is still sending, for a bounded time. Closing a socket with unread data makes the
+/// kernel reset the connection, and the client may then lose the error response it has
+/// not read yet (nginx calls this lingering close). Nothing is kept.
+async fn discard_unread_body(session: &mut Session) {
+    if session.as_downstream_mut().is_body_done() {
+        return;
+    }
+    let drain = async {
+        let mut discarded = 0;
+        while discarded < LINGER_BYTES {
+            match tokio::time::timeout(LINGER_IDLE, session.read_request_body()).await {
+                Ok(Ok(Some(chunk))) => discarded += chunk.len(),
+                _ => break,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER_TOTAL, drain).await;
 }
 
 /// The client's `x-request-id` if it is sane (short, token characters), else a new one.

@@ -57,6 +57,20 @@ fn lines_with(logs: &str, needle: &str) -> usize {
     logs.lines().filter(|l| l.contains(needle)).count()
 }
 
+/// The gateway's log once it mentions every id: a request's log line is written after
+/// its response, so it may trail the client by a moment.
+fn logs_mentioning(gw: &Gateway, ids: &[String]) -> String {
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            let logs = gw.logs();
+            ids.iter().all(|id| logs.contains(id.as_str()))
+        }),
+        "not every request was logged:\n{}",
+        gw.logs()
+    );
+    gw.logs()
+}
+
 #[tokio::test]
 async fn bad_bodies_get_400_are_logged_once_and_the_gateway_keeps_serving() {
     let gw = mock_only();
@@ -106,7 +120,7 @@ async fn bad_bodies_get_400_are_logged_once_and_the_gateway_keeps_serving() {
         .await
         .unwrap();
     assert_eq!(ok.status(), 200);
-    let logs = gw.logs();
+    let logs = logs_mentioning(&gw, &ids);
     for id in ids {
         assert_eq!(
             lines_with(&logs, &id),
@@ -261,7 +275,7 @@ async fn an_unreachable_upstream_is_502() {
     let (code, id) = openai_error(resp, 502).await;
     assert_eq!(code, "upstream_unreachable");
     // The client learns which pool failed, the log also learns where.
-    let logs = gw.logs();
+    let logs = logs_mentioning(&gw, std::slice::from_ref(&id));
     let line = logs.lines().find(|l| l.contains(&id)).unwrap();
     assert!(line.contains(&format!("127.0.0.1:{closed}")), "{line}");
 }

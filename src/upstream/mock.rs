@@ -46,6 +46,7 @@ pub async fn answer(
                 .map_err(write_err)
         }
         Api::ChatCompletions | Api::Completions => {
+            check_messages(&body)?;
             let prompt = prompt_text(req.api, &body);
             let words = reply_words(&prompt);
             let usage = json!({
@@ -214,16 +215,13 @@ fn stream_chunks(
 }
 
 fn embeddings(body: &Value, model: &str, dims: usize) -> Result<Bytes, GatewayError> {
-    let inputs: Vec<String> = match &body["input"] {
-        Value::String(s) => vec![s.clone()],
-        Value::Array(items) => items.iter().map(Value::to_string).collect(),
-        other => {
-            return Err(GatewayError::invalid(
-                format!("`input` must be a string or an array, not {other}"),
-                Some("input"),
-            ));
-        }
-    };
+    let inputs = embedding_inputs(&body["input"]).ok_or_else(|| {
+        GatewayError::invalid(
+            "`input` must be a string, an array of strings, an array of token ids, \
+             or an array of arrays of token ids",
+            Some("input"),
+        )
+    })?;
     if inputs.is_empty() {
         return Err(GatewayError::invalid(
             "`input` must not be empty",
@@ -266,6 +264,52 @@ fn embeddings(body: &Value, model: &str, dims: usize) -> Result<Bytes, GatewayEr
     ))
 }
 
+/// The texts to embed, as OpenAI reads `input`; token ids stand for themselves.
+fn embedding_inputs(input: &Value) -> Option<Vec<String>> {
+    let tokens = |v: &Value| -> Option<String> {
+        let ids = v.as_array()?;
+        ids.iter().all(Value::is_u64).then(|| v.to_string())
+    };
+    match input {
+        Value::String(s) => Some(vec![s.clone()]),
+        Value::Array(items) if items.iter().all(Value::is_string) => Some(
+            items
+                .iter()
+                .filter_map(|i| i.as_str().map(str::to_owned))
+                .collect(),
+        ),
+        Value::Array(items) if items.iter().all(Value::is_u64) => Some(vec![tokens(input)?]),
+        Value::Array(items) => items.iter().map(tokens).collect(),
+        _ => None,
+    }
+}
+
+/// Checks each message has a known role, as an upstream would.
+fn check_messages(body: &Value) -> Result<(), GatewayError> {
+    const ROLES: &[&str] = &[
+        "system",
+        "developer",
+        "user",
+        "assistant",
+        "tool",
+        "function",
+    ];
+    let messages = body["messages"].as_array().map_or(&[][..], Vec::as_slice);
+    for (i, m) in messages.iter().enumerate() {
+        let role = m.get("role").and_then(Value::as_str);
+        if !role.is_some_and(|r| ROLES.contains(&r)) {
+            return Err(GatewayError::invalid(
+                format!(
+                    "Invalid value for 'messages[{i}].role': expected one of {}.",
+                    ROLES.join(", ")
+                ),
+                Some("messages"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// A deterministic unit vector for `text`.
 fn unit_vector(text: &str, dims: usize) -> Vec<f32> {
     let mut v: Vec<f32> = (0..dims)
@@ -294,6 +338,25 @@ mod tests {
     fn reply_pieces_concatenate_to_the_full_text() {
         let w = reply_words("hello  big\nworld");
         assert_eq!(w.concat(), "Mock reply: hello big world");
+    }
+
+    #[test]
+    fn embedding_inputs_follow_openai() {
+        let inputs = |v: Value| embedding_inputs(&v);
+        assert_eq!(inputs(json!("a")), inputs(json!(["a"])));
+        assert_eq!(inputs(json!(["a", "b"])).unwrap().len(), 2);
+        assert_eq!(inputs(json!([1, 2, 3])).unwrap().len(), 1);
+        assert_eq!(inputs(json!([[1, 2], [3]])).unwrap().len(), 2);
+        assert_eq!(inputs(json!([{"not": "text"}])), None);
+        assert_eq!(inputs(json!(["a", 1])), None);
+        assert_eq!(inputs(json!(7)), None);
+    }
+
+    #[test]
+    fn messages_need_a_known_role() {
+        assert!(check_messages(&json!({"messages": [{"role": "user", "content": "x"}]})).is_ok());
+        assert!(check_messages(&json!({"messages": [{"content": "x"}]})).is_err());
+        assert!(check_messages(&json!({"messages": [{"role": "robot"}]})).is_err());
     }
 
     #[test]
