@@ -123,6 +123,21 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_stale_answer_is_served_while_it_is_looked_up_again() {
+        let h = HostAddrs::new("localhost", 8080, Duration::from_millis(1));
+        h.pick().await.unwrap();
+        let first = h.cached.load_full().unwrap().at;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        // Stale now: answered from the cache at once, refreshed in the background.
+        h.pick().await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while h.cached.load_full().unwrap().at == first {
+            assert!(Instant::now() < deadline, "never refreshed");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test]
     async fn unknown_host_is_an_error() {
         let h = HostAddrs::new("no-such-host.invalid", 80, Duration::from_secs(30));
         assert!(h.pick().await.is_err());
