@@ -346,3 +346,21 @@ async fn health_and_readiness() {
     let body: Value = ready.json().await.unwrap();
     assert_eq!(body["pools_without_address"], json!(["dead"]));
 }
+
+#[tokio::test]
+async fn keeps_using_pooled_upstream_connections_after_streams() {
+    let events = vec![sse_chat_chunk("c", "one"), sse_chat_chunk("c", "two")];
+    let upstream = MockUpstream::start(Behavior::sse(events, Duration::from_millis(1)));
+    let gw = gateway_for(&upstream, "");
+    for _ in 0..5 {
+        let resp = post_chat(&gw, true).await;
+        assert_eq!(resp.status(), 200);
+        assert!(resp.text().await.unwrap().ends_with(SSE_DONE));
+    }
+    assert_eq!(upstream.request_count(), 5);
+    assert!(
+        upstream.connection_count() <= 2,
+        "{} connections",
+        upstream.connection_count()
+    );
+}
