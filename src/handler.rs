@@ -63,6 +63,9 @@ pub async fn handle(
     ctx: &mut RequestCtx,
 ) {
     ctx.request_id = request_id(session);
+    // Bytes of a client's next request that arrive while this one is still answered are
+    // kept for it, rather than read as a protocol error while the client is watched.
+    session.as_downstream_mut().set_pipelining_enabled(true);
     if let Err(e) = serve(state, connector, session, ctx).await {
         answer_failure(session, ctx, &e).await;
         ctx.error = Some(e);

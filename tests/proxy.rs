@@ -364,3 +364,24 @@ async fn keeps_using_pooled_upstream_connections_after_streams() {
         upstream.connection_count()
     );
 }
+
+#[tokio::test]
+async fn pipelined_requests_are_both_answered_in_order() {
+    // The second request is on the wire while the first is still upstream: its bytes
+    // must wait for it, not be read as the first client having left.
+    let upstream = MockUpstream::start(Behavior::delay(
+        Duration::from_millis(100),
+        Behavior::EchoChat,
+    ));
+    let gw = gateway_for(&upstream, "");
+    let body = serde_json::to_string(&chat_body("gpt-4o", "hi")).unwrap();
+    let one = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let last = one.replace("Host: x\r\n", "Host: x\r\nConnection: close\r\n");
+    let response = raw_request(gw.addr(), format!("{one}{last}").as_bytes());
+    let text = String::from_utf8_lossy(&response);
+    assert_eq!(text.matches("HTTP/1.1 200 OK").count(), 2, "{text}");
+    assert_eq!(upstream.request_count(), 2);
+}

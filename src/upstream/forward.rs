@@ -205,6 +205,11 @@ pub async fn forward(
                     out.client_gone = true;
                     return Ok(());
                 }
+                // With a Content-Length the client may hold the whole answer now and send
+                // its next request at once: stop watching the connection before that.
+                if upstream.response_done() {
+                    break;
+                }
             }
         }
     }
