@@ -67,7 +67,20 @@ pub async fn error(session: &mut Session, e: &GatewayError, request_id: &str) ->
 pub async fn sse_start(session: &mut Session, request_id: &str) -> WriteResult {
     let mut h = header(200, "text/event-stream", request_id)?;
     h.insert_header("cache-control", "no-cache")?;
+    frame_open_ended_body(session, &mut h)?;
     session.write_response_header(Box::new(h), false).await
+}
+
+/// A body of unknown length (a stream) must be chunked for an HTTP/1.1 client: without
+/// `Content-Length` or chunking, its end could only be signalled by closing the
+/// connection. HTTP/2 frames bodies itself; HTTP/1.0 knows no chunking.
+pub fn frame_open_ended_body(session: &Session, h: &mut ResponseHeader) -> WriteResult {
+    let sized = h.headers.contains_key(http::header::CONTENT_LENGTH);
+    let http11 = session.req_header().version == http::Version::HTTP_11;
+    if !sized && http11 && !session.as_downstream().is_http2() {
+        h.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+    }
+    Ok(())
 }
 
 /// One SSE event: `data: {payload}\n\n`, written (and so flushed) on its own.

@@ -385,3 +385,35 @@ async fn pipelined_requests_are_both_answered_in_order() {
     assert_eq!(text.matches("HTTP/1.1 200 OK").count(), 2, "{text}");
     assert_eq!(upstream.request_count(), 2);
 }
+
+#[tokio::test]
+async fn streams_end_with_their_last_chunk_and_keep_the_connection() {
+    let events = vec![sse_chat_chunk("c", "one")];
+    let upstream = MockUpstream::start(Behavior::sse(events, Duration::from_millis(1)));
+    let yaml = config(
+        "  remote: {targets: [{pool: p}]}\n  local: {targets: [{pool: m}]}",
+        &format!(
+            "  p:\n    provider: openai\n    endpoints: [{{url: '{}'}}]\n  m: {{provider: mock}}",
+            upstream.url()
+        ),
+    );
+    let gw = Gateway::start(&yaml);
+    for model in ["remote", "local"] {
+        let mut body = chat_body(model, "hi");
+        body["stream"] = json!(true);
+        let body = body.to_string();
+        let one = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let last = one.replace("Host: x\r\n", "Host: x\r\nConnection: close\r\n");
+        let response = raw_request(gw.addr(), format!("{one}{last}").as_bytes());
+        let text = String::from_utf8_lossy(&response).to_ascii_lowercase();
+        assert_eq!(
+            text.matches("transfer-encoding: chunked").count(),
+            2,
+            "{model}: {text}"
+        );
+        assert_eq!(text.matches("data: [done]").count(), 2, "{model}: {text}");
+    }
+}

@@ -159,8 +159,10 @@ pub async fn forward(
         ));
     };
     out.status = Some(upstream_header.status.as_u16());
-    let (client_header, event_stream) = client_response_header(upstream_header, request_id)?;
+    let (mut client_header, event_stream) = client_response_header(upstream_header, request_id)?;
     out.event_stream = event_stream;
+    crate::respond::frame_open_ended_body(session, &mut client_header)
+        .map_err(|e| GatewayError::Internal(format!("framing the response: {e}")))?;
     session
         .write_response_header(Box::new(client_header), false)
         .await
