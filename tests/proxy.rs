@@ -213,25 +213,22 @@ async fn upstream_errors_pass_through_with_their_status_and_body() {
 
 #[tokio::test]
 async fn keeps_using_pooled_upstream_connections() {
-    let upstream = MockUpstream::start(Behavior::EchoChat);
+    assert_upstream_connections_are_reused(Behavior::EchoChat, false).await;
+}
+
+/// Five requests in a row reach the upstream over at most two connections.
+async fn assert_upstream_connections_are_reused(behavior: Behavior, stream: bool) {
+    let upstream = MockUpstream::start(behavior);
     let gw = gateway_for(&upstream, "");
-    let client = reqwest::Client::new();
     for _ in 0..5 {
-        let resp = client
-            .post(gw.url("/v1/chat/completions"))
-            .json(&chat_body("gpt-4o", "hi"))
-            .send()
-            .await
-            .unwrap();
+        let resp = post_chat(&gw, stream).await;
         assert_eq!(resp.status(), 200);
-        resp.bytes().await.unwrap();
+        let text = resp.text().await.unwrap();
+        assert!(!stream || text.ends_with(SSE_DONE), "{text}");
     }
     assert_eq!(upstream.request_count(), 5);
-    assert!(
-        upstream.connection_count() <= 2,
-        "{} connections",
-        upstream.connection_count()
-    );
+    let connections = upstream.connection_count();
+    assert!(connections <= 2, "{connections} connections");
 }
 
 #[tokio::test]
@@ -350,19 +347,8 @@ async fn health_and_readiness() {
 #[tokio::test]
 async fn keeps_using_pooled_upstream_connections_after_streams() {
     let events = vec![sse_chat_chunk("c", "one"), sse_chat_chunk("c", "two")];
-    let upstream = MockUpstream::start(Behavior::sse(events, Duration::from_millis(1)));
-    let gw = gateway_for(&upstream, "");
-    for _ in 0..5 {
-        let resp = post_chat(&gw, true).await;
-        assert_eq!(resp.status(), 200);
-        assert!(resp.text().await.unwrap().ends_with(SSE_DONE));
-    }
-    assert_eq!(upstream.request_count(), 5);
-    assert!(
-        upstream.connection_count() <= 2,
-        "{} connections",
-        upstream.connection_count()
-    );
+    assert_upstream_connections_are_reused(Behavior::sse(events, Duration::from_millis(1)), true)
+        .await;
 }
 
 #[tokio::test]
