@@ -38,7 +38,19 @@ impl Usage {
     /// The `usage` object of a JSON text (an SSE payload or a whole response body), if it
     /// has a non-null one. Texts without the key are rejected by a substring search alone.
     pub fn find(json: &[u8]) -> Option<Usage> {
-        memmem::find(json, b"\"usage\"")?;
+        // Streams with `include_usage` carry `"usage":null` in every chunk: parse only
+        // when the key holds an object. (A quote inside a JSON string is escaped, so
+        // `"usage"` can only be a key.)
+        let has_object = memmem::find_iter(json, b"\"usage\"").any(|at| {
+            let mut after = json[at + 7..]
+                .iter()
+                .copied()
+                .filter(|b| !b.is_ascii_whitespace());
+            after.next() == Some(b':') && after.next() == Some(b'{')
+        });
+        if !has_object {
+            return None;
+        }
         serde_json::from_slice::<WithUsage>(json).ok()?.usage
     }
 
@@ -195,6 +207,8 @@ mod tests {
             None
         );
         assert_eq!(Usage::find(b"[DONE]"), None);
+        let spaced = br#"{"usage" : {"prompt_tokens": 2, "completion_tokens": 1}}"#;
+        assert_eq!(Usage::find(spaced).map(|u| u.prompt_tokens), Some(2));
     }
 
     #[test]
