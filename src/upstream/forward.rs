@@ -107,7 +107,13 @@ pub async fn forward(
 
     let addr = endpoint.addrs.pick().await.map_err(&unreachable)?;
     let peer = peer_for(pool, endpoint, addr);
-    let request = request_header(session.req_header(), endpoint, api, body.len(), request_id)?;
+    let mut request = Some(request_header(
+        session.req_header(),
+        endpoint,
+        api,
+        body.len(),
+        request_id,
+    )?);
 
     // A pooled connection may have been closed by the upstream while idle; that shows
     // only when it is used. Such a failure, before any response byte, is retried once
@@ -121,7 +127,16 @@ pub async fn forward(
         let exchange = tokio::time::timeout(
             t.first_byte
                 .min(deadline.saturating_duration_since(Instant::now())),
-            send_and_read_header(&mut conn, request.clone(), body.clone()),
+            // Only a reused connection may need a second try, and so its own copy.
+            send_and_read_header(
+                &mut conn,
+                if reused {
+                    request.clone()
+                } else {
+                    request.take()
+                },
+                body.clone(),
+            ),
         );
         // A client that leaves while the upstream is still thinking cancels it too.
         let sent = tokio::select! {
@@ -230,9 +245,12 @@ pub async fn forward(
 
 async fn send_and_read_header(
     conn: &mut HttpSession,
-    request: RequestHeader,
+    request: Option<RequestHeader>,
     body: Bytes,
 ) -> pingora_error::Result<()> {
+    let request = request.ok_or_else(|| {
+        pingora_error::Error::explain(ErrorType::InternalError, "upstream request already sent")
+    })?;
     conn.write_request_header(Box::new(request)).await?;
     conn.write_request_body(body, true).await?;
     conn.finish_request_body().await?;
