@@ -1,6 +1,8 @@
 //! The Pingora service. Each phase delegates: the request is handled whole in
 //! `request_filter` (see `handler`), and `logging` writes the access log line.
 
+use std::sync::Arc;
+
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora_core::connectors::http::Connector;
@@ -12,16 +14,13 @@ use crate::handler::{self, RequestCtx};
 use crate::state::State;
 
 pub struct Gateway {
-    state: ArcSwap<State>,
+    state: Arc<ArcSwap<State>>,
     connector: Connector,
 }
 
 impl Gateway {
-    pub fn new(state: State, connector: Connector) -> Self {
-        Gateway {
-            state: ArcSwap::from_pointee(state),
-            connector,
-        }
+    pub fn new(state: Arc<ArcSwap<State>>, connector: Connector) -> Self {
+        Gateway { state, connector }
     }
 }
 

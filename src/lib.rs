@@ -17,6 +17,7 @@ pub mod config;
 pub mod error;
 pub mod gateway;
 pub mod handler;
+pub mod monitor;
 pub mod openai;
 pub mod respond;
 pub mod route;

@@ -1,13 +1,18 @@
 //! Builds the Pingora server from a validated config: server settings, listeners (plain
 //! HTTP/1.1, or TLS with ALPN h2 and HTTP/1.1), and the gateway service.
 
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 use pingora_core::connectors::{ConnectorOptions, http::Connector};
 use pingora_core::listeners::tls::TlsSettings;
 use pingora_core::server::Server;
 use pingora_core::server::configuration::{Opt, ServerConf};
+use pingora_core::services::background::background_service;
 
 use crate::config::Config;
 use crate::gateway::Gateway;
+use crate::monitor::Monitor;
 use crate::state::State;
 
 /// How the process was asked to start.
@@ -46,10 +51,10 @@ pub fn build(config: Config, mode: StartMode) -> Result<Server, String> {
     let connector = Connector::new(Some(ConnectorOptions::from_server_conf(
         &server.configuration,
     )));
-    let state = State::build(config)?;
+    let state = Arc::new(ArcSwap::from_pointee(State::build(config)?));
     let mut service = pingora_proxy::http_proxy_service_with_name(
         &server.configuration,
-        Gateway::new(state, connector),
+        Gateway::new(state.clone(), connector),
         "tollgate",
     );
     for l in &listeners {
@@ -67,5 +72,6 @@ pub fn build(config: Config, mode: StartMode) -> Result<Server, String> {
         tracing::info!(address = %l.address, tls = l.tls.is_some(), "listening");
     }
     server.add_service(service);
+    server.add_service(background_service("upstream monitor", Monitor::new(state)));
     Ok(server)
 }

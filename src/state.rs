@@ -12,7 +12,7 @@ pub struct State {
     pub config: Arc<Config>,
     pub catalog: Catalog,
     /// Indexed like `config.pools`.
-    pub pools: Vec<Pool>,
+    pub pools: Vec<Arc<Pool>>,
     /// When this config was loaded (Unix seconds): the `created` of listed models.
     pub loaded_at: u64,
 }
@@ -23,7 +23,7 @@ impl State {
         let pools = config
             .pools
             .iter()
-            .map(|spec| Pool::build(spec.clone()))
+            .map(|spec| Pool::build(spec.clone()).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(State {
             config: Arc::new(config),

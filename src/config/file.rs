@@ -35,6 +35,38 @@ pub struct FileConfig {
     pub limits: LimitsSection,
     pub models: Spanned<BTreeMap<String, ModelSection>>,
     pub pools: Spanned<BTreeMap<String, PoolSection>>,
+    #[serde(default)]
+    pub routing: RoutingSection,
+}
+
+/// Bounds on what one request may cost in retries and fallbacks.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutingSection {
+    /// Upstream attempts per request, first one included, across pools and fallbacks.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: Spanned<u32>,
+    /// From the request's arrival to the upstream response header, all attempts and
+    /// waits included; no attempt outlives it.
+    #[serde(default = "default_deadline", deserialize_with = "positive_duration")]
+    pub deadline: Duration,
+}
+
+impl Default for RoutingSection {
+    fn default() -> Self {
+        RoutingSection {
+            max_attempts: default_max_attempts(),
+            deadline: default_deadline(),
+        }
+    }
+}
+
+fn default_max_attempts() -> Spanned<u32> {
+    unspanned(4)
+}
+
+fn default_deadline() -> Duration {
+    Duration::from_secs(300)
 }
 
 /// Pingora's own server settings. Absent values take Tollgate's defaults, which differ
@@ -107,6 +139,13 @@ pub struct ModelSection {
     /// Shown as `owned_by` in `/v1/models`.
     pub owned_by: Option<String>,
     pub targets: Spanned<Vec<TargetSection>>,
+    /// Models tried in order when every target of this one failed (or cannot take the
+    /// request, see `context_window`).
+    #[serde(default)]
+    pub fallbacks: Vec<Spanned<String>>,
+    /// Tokens the model takes (prompt plus `max_tokens`); a request that cannot fit
+    /// skips this model for the next fallback.
+    pub context_window: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -145,6 +184,289 @@ pub struct PoolSection {
     #[serde(default = "default_dns_refresh", with = "humantime_serde")]
     pub dns_refresh: Duration,
     pub mock: Option<Spanned<MockSection>>,
+    #[serde(default)]
+    pub balance: BalanceSection,
+    #[serde(default)]
+    pub health_check: HealthCheckSection,
+    #[serde(default)]
+    pub breaker: BreakerSection,
+    #[serde(default)]
+    pub retry: RetrySection,
+    /// Largest response accepted from an endpoint; a larger one is an upstream failure.
+    #[serde(default = "default_max_response_bytes")]
+    pub max_response_bytes: Spanned<usize>,
+}
+
+fn default_max_response_bytes() -> Spanned<usize> {
+    unspanned(64 * 1024 * 1024)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// Smooth weighted round robin.
+    #[default]
+    RoundRobin,
+    /// The endpoint with the fewest requests in flight (relative to its weight).
+    LeastInFlight,
+    /// Power of two random choices, scored by latency (EWMA) times load.
+    Ewma,
+    /// The same session key always reaches the same endpoint while it is available.
+    ConsistentHash,
+    /// vLLM/SGLang: scraped queue and KV-cache load, with prompt-prefix affinity.
+    LoadAware,
+}
+
+/// How a pool picks an endpoint.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BalanceSection {
+    #[serde(default)]
+    pub strategy: Strategy,
+    /// `consistent_hash`: where the session key comes from, first present wins:
+    /// `header:<name>` or `body:user`. Requests without one are spread by round robin.
+    #[serde(default = "default_hash_on")]
+    pub hash_on: Vec<Spanned<String>>,
+    /// `load_aware`: path of each endpoint's Prometheus metrics.
+    #[serde(default = "default_metrics_path")]
+    pub metrics_path: String,
+    #[serde(
+        default = "default_scrape_interval",
+        deserialize_with = "positive_duration"
+    )]
+    pub scrape_interval: Duration,
+    /// Load figures older than this are unknown.
+    #[serde(
+        default = "default_stale_after",
+        deserialize_with = "positive_duration"
+    )]
+    pub stale_after: Duration,
+    /// An endpoint with this many requests waiting is saturated.
+    #[serde(default = "default_max_waiting")]
+    pub max_waiting: Spanned<f64>,
+    /// An endpoint whose KV cache is this full (0–1) is saturated.
+    #[serde(default = "default_max_cache_usage")]
+    pub max_cache_usage: Spanned<f64>,
+    /// Leading bytes of the prompt that identify its prefix.
+    #[serde(default = "default_prefix_bytes")]
+    pub prefix_bytes: Spanned<usize>,
+    /// The prefix's endpoint is kept unless its load exceeds the least loaded one's by
+    /// more than this many requests.
+    #[serde(default = "default_affinity_slack")]
+    pub affinity_slack: Spanned<f64>,
+}
+
+impl Default for BalanceSection {
+    fn default() -> Self {
+        BalanceSection {
+            strategy: Strategy::default(),
+            hash_on: default_hash_on(),
+            metrics_path: default_metrics_path(),
+            scrape_interval: default_scrape_interval(),
+            stale_after: default_stale_after(),
+            max_waiting: default_max_waiting(),
+            max_cache_usage: default_max_cache_usage(),
+            prefix_bytes: default_prefix_bytes(),
+            affinity_slack: default_affinity_slack(),
+        }
+    }
+}
+
+fn default_hash_on() -> Vec<Spanned<String>> {
+    vec![
+        unspanned("header:x-session-id".to_owned()),
+        unspanned("body:user".to_owned()),
+    ]
+}
+fn default_metrics_path() -> String {
+    "/metrics".to_owned()
+}
+fn default_scrape_interval() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_stale_after() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_max_waiting() -> Spanned<f64> {
+    unspanned(16.0)
+}
+fn default_max_cache_usage() -> Spanned<f64> {
+    unspanned(0.95)
+}
+fn default_prefix_bytes() -> Spanned<usize> {
+    unspanned(1024)
+}
+fn default_affinity_slack() -> Spanned<f64> {
+    unspanned(4.0)
+}
+
+/// Active health checks: a periodic unbilled request to each endpoint.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckSection {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Absolute path probed with GET; default: the endpoint's API prefix + `/models`
+    /// (e.g. `/v1/models`). vLLM also serves `/health`.
+    pub path: Option<Spanned<String>>,
+    #[serde(
+        default = "default_check_interval",
+        deserialize_with = "positive_duration"
+    )]
+    pub interval: Duration,
+    #[serde(
+        default = "default_check_timeout",
+        deserialize_with = "positive_duration"
+    )]
+    pub timeout: Duration,
+    /// Consecutive failed probes that mark an endpoint down.
+    #[serde(default = "default_unhealthy_after")]
+    pub unhealthy_after: Spanned<u32>,
+    /// Consecutive good probes that mark it up again.
+    #[serde(default = "default_healthy_after")]
+    pub healthy_after: Spanned<u32>,
+}
+
+impl Default for HealthCheckSection {
+    fn default() -> Self {
+        HealthCheckSection {
+            enabled: true,
+            path: None,
+            interval: default_check_interval(),
+            timeout: default_check_timeout(),
+            unhealthy_after: default_unhealthy_after(),
+            healthy_after: default_healthy_after(),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_check_interval() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_check_timeout() -> Duration {
+    Duration::from_secs(3)
+}
+fn default_unhealthy_after() -> Spanned<u32> {
+    unspanned(2)
+}
+fn default_healthy_after() -> Spanned<u32> {
+    unspanned(2)
+}
+
+/// Passive outlier detection from live traffic, feeding a circuit breaker per endpoint.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerSection {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Failures in a row that open the breaker.
+    #[serde(default = "default_consecutive_failures")]
+    pub consecutive_failures: Spanned<u32>,
+    /// Share of failed requests over `window` that opens it (with `min_requests`).
+    #[serde(default = "default_failure_ratio")]
+    pub failure_ratio: Spanned<f64>,
+    #[serde(
+        default = "default_breaker_window",
+        deserialize_with = "positive_duration"
+    )]
+    pub window: Duration,
+    #[serde(default = "default_min_requests")]
+    pub min_requests: Spanned<u32>,
+    /// How long an open breaker sends no traffic before a probe; doubles after each
+    /// failed probe, up to `max_open_for`.
+    #[serde(default = "default_open_for", deserialize_with = "positive_duration")]
+    pub open_for: Duration,
+    #[serde(
+        default = "default_max_open_for",
+        deserialize_with = "positive_duration"
+    )]
+    pub max_open_for: Duration,
+    /// Requests let through while half-open; all must succeed to close it.
+    #[serde(default = "default_half_open_probes")]
+    pub half_open_probes: Spanned<u32>,
+}
+
+impl Default for BreakerSection {
+    fn default() -> Self {
+        BreakerSection {
+            enabled: true,
+            consecutive_failures: default_consecutive_failures(),
+            failure_ratio: default_failure_ratio(),
+            window: default_breaker_window(),
+            min_requests: default_min_requests(),
+            open_for: default_open_for(),
+            max_open_for: default_max_open_for(),
+            half_open_probes: default_half_open_probes(),
+        }
+    }
+}
+
+fn default_consecutive_failures() -> Spanned<u32> {
+    unspanned(5)
+}
+fn default_failure_ratio() -> Spanned<f64> {
+    unspanned(0.5)
+}
+fn default_breaker_window() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_min_requests() -> Spanned<u32> {
+    unspanned(20)
+}
+fn default_open_for() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_max_open_for() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_half_open_probes() -> Spanned<u32> {
+    unspanned(1)
+}
+
+/// Retries within one pool.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySection {
+    /// Attempts on this pool per request, first one included; then the next target or
+    /// fallback is tried.
+    #[serde(default = "default_pool_attempts")]
+    pub attempts: Spanned<u32>,
+    /// First backoff before a retry; doubles each time, with full jitter.
+    #[serde(default = "default_backoff", with = "humantime_serde")]
+    pub backoff: Duration,
+    #[serde(default = "default_max_backoff", with = "humantime_serde")]
+    pub max_backoff: Duration,
+    /// The longest upstream `retry-after` the gateway waits out itself when no other
+    /// endpoint can take the request.
+    #[serde(default = "default_max_retry_after", with = "humantime_serde")]
+    pub max_retry_after: Duration,
+}
+
+impl Default for RetrySection {
+    fn default() -> Self {
+        RetrySection {
+            attempts: default_pool_attempts(),
+            backoff: default_backoff(),
+            max_backoff: default_max_backoff(),
+            max_retry_after: default_max_retry_after(),
+        }
+    }
+}
+
+fn default_pool_attempts() -> Spanned<u32> {
+    unspanned(3)
+}
+fn default_backoff() -> Duration {
+    Duration::from_millis(25)
+}
+fn default_max_backoff() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_max_retry_after() -> Duration {
+    Duration::from_secs(5)
 }
 
 fn no_endpoints() -> Spanned<Vec<EndpointSection>> {
@@ -162,6 +484,11 @@ pub struct EndpointSection {
     pub url: Spanned<String>,
     /// Credential sent upstream as `Authorization: Bearer …`; usually `${ENV_VAR}`.
     pub api_key: Option<Spanned<String>>,
+    /// Several credentials instead of one: the next is used when one gets 429, 401 or 403.
+    #[serde(default)]
+    pub api_keys: Vec<Spanned<String>>,
+    /// Shown in response headers and logs; default `host:port`.
+    pub name: Option<Spanned<String>>,
     #[serde(default = "default_weight")]
     pub weight: Spanned<u32>,
 }

@@ -10,7 +10,8 @@ use serde_saphyr::{Location, Spanned};
 
 use super::file::{self, FileConfig, ProviderKind};
 use super::{
-    Config, EndpointSpec, Limits, Listener, ListenerTls, MockSettings, Model, PoolSpec, Secret,
+    Balance, BreakerSettings, Config, EndpointSpec, HashSource, HealthCheck, Limits, Listener,
+    ListenerTls, LoadAware, MockSettings, Model, PoolSpec, RetryPolicy, Routing, Secret,
     ServerSettings, Target, Timeouts,
 };
 
@@ -185,6 +186,7 @@ impl Validator<'_> {
             .collect();
         let models = self.models(&raw.models, &pool_index);
         let pools = self.pools(&raw.pools);
+        let routing = self.routing(&raw.routing);
         Config {
             source: self.file.to_owned(),
             server,
@@ -192,6 +194,38 @@ impl Validator<'_> {
             limits,
             models,
             pools,
+            routing,
+        }
+    }
+
+    fn routing(&mut self, r: &file::RoutingSection) -> Routing {
+        self.at_least(&r.max_attempts, 1, "routing.max_attempts");
+        Routing {
+            max_attempts: r.max_attempts.value.max(1),
+            deadline: r.deadline,
+        }
+    }
+
+    /// Checks an integer setting's lower bound.
+    fn at_least<T: PartialOrd + fmt::Display + Copy>(
+        &mut self,
+        v: &Spanned<T>,
+        min: T,
+        path: &str,
+    ) {
+        if v.value < min {
+            self.error(v.referenced, path, format!("must be at least {min}"));
+        }
+    }
+
+    /// Checks a fraction or ratio lies in `(0, max]`.
+    fn fraction(&mut self, v: &Spanned<f64>, max: f64, path: &str) {
+        if !(v.value > 0.0 && v.value <= max) {
+            self.error(
+                v.referenced,
+                path,
+                format!("must be above 0 and at most {max}"),
+            );
         }
     }
 
@@ -315,9 +349,38 @@ impl Validator<'_> {
             .keys()
             .map(|n| (n.as_str(), format!("model `{n}`")))
             .collect();
+        let model_index: HashMap<&str, usize> = raw
+            .value
+            .keys()
+            .enumerate()
+            .map(|(i, n)| (n.as_str(), i))
+            .collect();
         let mut out = Vec::new();
         for (name, m) in &raw.value {
             let path = format!("models.{name}");
+            let mut fallbacks = Vec::new();
+            for (i, f) in m.fallbacks.iter().enumerate() {
+                let fpath = format!("{path}.fallbacks[{i}]");
+                match model_index.get(f.value.as_str()) {
+                    None => self.error(
+                        f.referenced,
+                        fpath,
+                        format!("no model named `{}` under `models`", f.value),
+                    ),
+                    Some(_) if f.value == *name => {
+                        self.error(f.referenced, fpath, "a model cannot fall back to itself")
+                    }
+                    Some(j) if fallbacks.contains(j) => self.error(
+                        f.referenced,
+                        fpath,
+                        format!("`{}` is listed twice", f.value),
+                    ),
+                    Some(&j) => fallbacks.push(j),
+                }
+            }
+            if let Some(w) = &m.context_window {
+                self.at_least(w, 1, &format!("{path}.context_window"));
+            }
             if name.trim().is_empty() {
                 self.error(raw.referenced, &path, "a model name cannot be empty");
             }
@@ -371,6 +434,8 @@ impl Validator<'_> {
                 aliases: m.aliases.iter().map(|a| a.value.clone()).collect(),
                 owned_by: m.owned_by.clone().unwrap_or_else(|| "tollgate".to_owned()),
                 targets,
+                fallbacks,
+                context_window: m.context_window.as_ref().map(|w| w.value),
             });
         }
         out
@@ -424,6 +489,15 @@ impl Validator<'_> {
                 .as_ref()
                 .map(|f| PathBuf::from(self.existing_file(f, &format!("{path}.tls.ca_file"))));
             let mock = p.mock.as_ref().map(|m| &m.value);
+            let balance = self.balance(&p.balance, &format!("{path}.balance"));
+            let health_check = self.health_check(&p.health_check, &format!("{path}.health_check"));
+            let breaker = self.breaker(&p.breaker, &format!("{path}.breaker"));
+            self.at_least(&p.retry.attempts, 1, &format!("{path}.retry.attempts"));
+            self.at_least(
+                &p.max_response_bytes,
+                1024,
+                &format!("{path}.max_response_bytes"),
+            );
             out.push(PoolSpec {
                 name: name.clone(),
                 provider: p.provider,
@@ -440,9 +514,117 @@ impl Validator<'_> {
                     chunk_delay: mock.map(|m| m.chunk_delay).unwrap_or_default(),
                     embedding_dims: mock.and_then(|m| m.embedding_dims).unwrap_or(16).max(1),
                 },
+                balance,
+                health_check,
+                breaker,
+                retry: RetryPolicy {
+                    attempts: p.retry.attempts.value.max(1),
+                    backoff: p.retry.backoff,
+                    max_backoff: p.retry.max_backoff.max(p.retry.backoff),
+                    max_retry_after: p.retry.max_retry_after,
+                },
+                max_response_bytes: p.max_response_bytes.value,
             });
         }
         out
+    }
+
+    fn balance(&mut self, b: &file::BalanceSection, path: &str) -> Balance {
+        let mut hash_on = Vec::new();
+        for (i, source) in b.hash_on.iter().enumerate() {
+            let text = source.value.trim();
+            let parsed = match text.split_once(':') {
+                Some(("header", name))
+                    if !name.is_empty()
+                        && http::HeaderName::from_bytes(name.as_bytes()).is_ok() =>
+                {
+                    Some(HashSource::Header(name.to_ascii_lowercase()))
+                }
+                Some(("body", "user")) => Some(HashSource::BodyUser),
+                _ => None,
+            };
+            match parsed {
+                Some(s) => hash_on.push(s),
+                None => self.error(
+                    source.referenced,
+                    format!("{path}.hash_on[{i}]"),
+                    format!("`{text}` is not `header:<name>` or `body:user`"),
+                ),
+            }
+        }
+        if b.max_waiting.value.is_nan() || b.max_waiting.value < 1.0 {
+            self.error(
+                b.max_waiting.referenced,
+                format!("{path}.max_waiting"),
+                "must be at least 1",
+            );
+        }
+        self.fraction(&b.max_cache_usage, 1.0, &format!("{path}.max_cache_usage"));
+        self.at_least(&b.prefix_bytes, 1, &format!("{path}.prefix_bytes"));
+        if b.affinity_slack.value.is_nan() || b.affinity_slack.value < 0.0 {
+            self.error(
+                b.affinity_slack.referenced,
+                format!("{path}.affinity_slack"),
+                "must be 0 or more",
+            );
+        }
+        if !b.metrics_path.starts_with('/') {
+            self.error(
+                Location::UNKNOWN,
+                format!("{path}.metrics_path"),
+                "must start with `/`",
+            );
+        }
+        Balance {
+            strategy: b.strategy,
+            hash_on,
+            load: LoadAware {
+                metrics_path: b.metrics_path.clone(),
+                scrape_interval: b.scrape_interval,
+                stale_after: b.stale_after,
+                max_waiting: b.max_waiting.value,
+                max_cache_usage: b.max_cache_usage.value,
+                prefix_bytes: b.prefix_bytes.value,
+                affinity_slack: b.affinity_slack.value,
+            },
+        }
+    }
+
+    fn health_check(&mut self, h: &file::HealthCheckSection, path: &str) -> Option<HealthCheck> {
+        if let Some(p) = &h.path
+            && !p.value.starts_with('/')
+        {
+            self.error(p.referenced, format!("{path}.path"), "must start with `/`");
+        }
+        self.at_least(&h.unhealthy_after, 1, &format!("{path}.unhealthy_after"));
+        self.at_least(&h.healthy_after, 1, &format!("{path}.healthy_after"));
+        h.enabled.then(|| HealthCheck {
+            path: h.path.as_ref().map(|p| p.value.clone()),
+            interval: h.interval,
+            timeout: h.timeout,
+            unhealthy_after: h.unhealthy_after.value.max(1),
+            healthy_after: h.healthy_after.value.max(1),
+        })
+    }
+
+    fn breaker(&mut self, b: &file::BreakerSection, path: &str) -> Option<BreakerSettings> {
+        self.at_least(
+            &b.consecutive_failures,
+            1,
+            &format!("{path}.consecutive_failures"),
+        );
+        self.fraction(&b.failure_ratio, 1.0, &format!("{path}.failure_ratio"));
+        self.at_least(&b.min_requests, 1, &format!("{path}.min_requests"));
+        self.at_least(&b.half_open_probes, 1, &format!("{path}.half_open_probes"));
+        b.enabled.then(|| BreakerSettings {
+            consecutive_failures: b.consecutive_failures.value.max(1),
+            failure_ratio: b.failure_ratio.value,
+            window: b.window,
+            min_requests: b.min_requests.value.max(1),
+            open_for: b.open_for,
+            max_open_for: b.max_open_for.max(b.open_for),
+            half_open_probes: b.half_open_probes.value.max(1),
+        })
     }
 
     fn endpoint(&mut self, e: &file::EndpointSection, path: &str) -> Option<EndpointSpec> {
@@ -488,10 +670,22 @@ impl Validator<'_> {
                 "a base URL cannot carry a query or fragment",
             );
         }
-        let api_key = match &e.api_key {
-            Some(k) => Some(Secret::new(self.expand_env(k, &format!("{path}.api_key"))?)),
-            None => None,
-        };
+        if let (Some(k), false) = (&e.api_key, e.api_keys.is_empty()) {
+            self.error(
+                k.referenced,
+                format!("{path}.api_key"),
+                "give either `api_key` or `api_keys`, not both",
+            );
+        }
+        let mut api_keys = Vec::new();
+        if let Some(k) = &e.api_key {
+            api_keys.push(Secret::new(self.expand_env(k, &format!("{path}.api_key"))?));
+        }
+        for (i, k) in e.api_keys.iter().enumerate() {
+            api_keys.push(Secret::new(
+                self.expand_env(k, &format!("{path}.api_keys[{i}]"))?,
+            ));
+        }
         if e.weight.value == 0 {
             self.error(
                 e.weight.referenced,
@@ -499,15 +693,22 @@ impl Validator<'_> {
                 "must be at least 1",
             );
         }
+        let port = url
+            .port_or_known_default()
+            .unwrap_or(if tls { 443 } else { 80 });
+        let name = match &e.name {
+            Some(n) => n.value.clone(),
+            None if host.contains(':') => format!("[{host}]:{port}"),
+            None => format!("{host}:{port}"),
+        };
         Some(EndpointSpec {
             url: url_text.clone(),
+            name,
             tls,
-            port: url
-                .port_or_known_default()
-                .unwrap_or(if tls { 443 } else { 80 }),
+            port,
             host,
             base_path: url.path().trim_end_matches('/').to_owned(),
-            api_key,
+            api_keys,
             weight: e.weight.value,
         })
     }

@@ -11,7 +11,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use file::ProviderKind;
+pub use file::{ProviderKind, Strategy};
 pub use load::{ConfigError, ConfigErrors, load, parse};
 
 /// A validated configuration.
@@ -26,6 +26,16 @@ pub struct Config {
     pub models: Vec<Model>,
     /// In file order (sorted by name); targets refer to pools by index.
     pub pools: Vec<PoolSpec>,
+    pub routing: Routing,
+}
+
+/// Per-request bounds on retries and fallbacks.
+#[derive(Debug, Clone, Copy)]
+pub struct Routing {
+    /// Upstream attempts per request, the first included.
+    pub max_attempts: u32,
+    /// From arrival to the upstream response header, over all attempts.
+    pub deadline: Duration,
 }
 
 /// Pingora's server settings, with Tollgate's defaults applied.
@@ -67,6 +77,10 @@ pub struct Model {
     pub aliases: Vec<String>,
     pub owned_by: String,
     pub targets: Vec<Target>,
+    /// Indexes into [`Config::models`], tried in order after this model's targets.
+    pub fallbacks: Vec<usize>,
+    /// Prompt plus `max_tokens` the model takes, when configured.
+    pub context_window: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -88,18 +102,87 @@ pub struct PoolSpec {
     pub ca_file: Option<PathBuf>,
     pub dns_refresh: Duration,
     pub mock: MockSettings,
+    pub balance: Balance,
+    /// `None` when active health checks are off.
+    pub health_check: Option<HealthCheck>,
+    /// `None` when the circuit breaker is off.
+    pub breaker: Option<BreakerSettings>,
+    pub retry: RetryPolicy,
+    pub max_response_bytes: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Balance {
+    pub strategy: Strategy,
+    /// `consistent_hash`: session key sources, first present wins.
+    pub hash_on: Vec<HashSource>,
+    pub load: LoadAware,
+}
+
+/// Where a session key is read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashSource {
+    /// A request header (lower-case name).
+    Header(String),
+    /// The body's `user` field.
+    BodyUser,
+}
+
+/// Settings of the `load_aware` strategy.
+#[derive(Debug, Clone)]
+pub struct LoadAware {
+    pub metrics_path: String,
+    pub scrape_interval: Duration,
+    pub stale_after: Duration,
+    pub max_waiting: f64,
+    pub max_cache_usage: f64,
+    pub prefix_bytes: usize,
+    pub affinity_slack: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct HealthCheck {
+    /// Absolute path probed with GET; `None`: each endpoint's API prefix + `/models`.
+    pub path: Option<String>,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub unhealthy_after: u32,
+    pub healthy_after: u32,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct BreakerSettings {
+    pub consecutive_failures: u32,
+    pub failure_ratio: f64,
+    pub window: Duration,
+    pub min_requests: u32,
+    pub open_for: Duration,
+    pub max_open_for: Duration,
+    pub half_open_probes: u32,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// Attempts on one pool per request, the first included.
+    pub attempts: u32,
+    pub backoff: Duration,
+    pub max_backoff: Duration,
+    pub max_retry_after: Duration,
 }
 
 #[derive(Debug, Clone)]
 pub struct EndpointSpec {
-    /// The URL as configured, for logs and response headers.
+    /// The URL as configured, for logs.
     pub url: String,
+    /// Shown in response headers and logs: configured, or `host:port`.
+    pub name: String,
     pub tls: bool,
     pub host: String,
     pub port: u16,
     /// Path prefix that replaces the client's `/v1`, e.g. `/v1` or `/openai/v1`.
     pub base_path: String,
-    pub api_key: Option<Secret>,
+    /// Credentials, used in turn when one is refused or rate-limited; may be empty.
+    pub api_keys: Vec<Secret>,
     pub weight: u32,
 }
 

@@ -57,8 +57,8 @@ fn the_good_config_loads_with_defaults() {
         ("api.openai.com", 443, true)
     );
     assert_eq!(e.base_path, "/v1");
-    assert_eq!(e.api_key.as_ref().unwrap().expose(), "sk-test");
-    assert_eq!(format!("{:?}", e.api_key), "Some(*****)");
+    assert_eq!(e.api_keys[0].expose(), "sk-test");
+    assert_eq!(format!("{:?}", e.api_keys), "[*****]");
     let cores = std::thread::available_parallelism().unwrap().get();
     assert_eq!(c.server.threads, cores);
 }

@@ -94,9 +94,12 @@ pub async fn forward(
     request_id: &str,
     out: &mut Forwarded,
 ) -> Result<(), GatewayError> {
-    let endpoint = pool.next_endpoint().ok_or_else(|| {
-        GatewayError::Internal(format!("pool `{}` has no endpoint", pool.spec.name))
-    })?;
+    let endpoint = pool
+        .pick(&super::Hints::default(), &[])
+        .map(|i| &pool.endpoints[i])
+        .ok_or_else(|| {
+            GatewayError::Internal(format!("pool `{}` has no endpoint", pool.spec.name))
+        })?;
     out.endpoint = Some(endpoint.spec.url.clone());
     let t = pool.spec.timeouts;
     let deadline = Instant::now() + t.total;
@@ -310,7 +313,7 @@ fn request_header(
         .map_err(internal)?;
     req.insert_header("x-request-id", request_id)
         .map_err(internal)?;
-    if let Some(key) = &spec.api_key {
+    if let Some((_, key)) = endpoint.keys().pick() {
         req.insert_header("authorization", format!("Bearer {}", key.expose()))
             .map_err(internal)?;
     }

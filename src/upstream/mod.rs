@@ -1,28 +1,38 @@
 //! Upstream pools: where requests go once the model is resolved.
 //!
 //! A [`Pool`] is built from its config and owns what must live as long as the config:
-//! its endpoints, their DNS state and the CA store for TLS. `forward` carries one request
-//! to an endpoint and the answer back; `mock` answers in-process for `mock` pools.
+//! its endpoints with their DNS, health, breaker, load and credential state, and the CA
+//! store for TLS. `balance` picks an endpoint, `forward` carries one attempt to it and
+//! the answer back, `mock` answers in-process for `mock` pools. Background loops
+//! (`health`, `load`) watch the endpoints while the pool lives.
 
+pub mod balance;
+pub mod breaker;
+mod clock;
 mod dns;
 mod forward;
+pub mod health;
+mod keys;
+pub mod load;
 mod mock;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use pingora_core::protocols::tls::CaType;
 
 use crate::config::{EndpointSpec, PoolSpec, ProviderKind};
-use crate::weighted::WeightedRing;
 
+pub use balance::Hints;
 pub use forward::{Forwarded, forward};
 pub use mock::answer as mock_answer;
 
 #[derive(Debug)]
 pub struct Pool {
     pub spec: PoolSpec,
-    endpoints: Vec<Endpoint>,
-    ring: WeightedRing,
+    pub endpoints: Vec<Arc<Endpoint>>,
+    pub balancer: balance::Balancer,
     /// Trusted CAs for this pool, replacing the system store when set.
     ca: Option<Arc<CaType>>,
 }
@@ -31,6 +41,49 @@ pub struct Pool {
 pub struct Endpoint {
     pub spec: EndpointSpec,
     addrs: Arc<dns::HostAddrs>,
+    /// Requests in flight and latency, kept by the request path.
+    pub traffic: balance::Traffic,
+    /// Up or down per the active health checks.
+    pub health: health::Health,
+    /// Passive outlier detection; `None` when the pool turns it off.
+    pub breaker: Option<breaker::Breaker>,
+    /// Latest scraped load (`load_aware` pools).
+    pub load: load::LoadCell,
+    keys: keys::KeyRing,
+    /// Clock value (ms) until which the endpoint takes nothing, after it answered 429 or
+    /// 503 with `retry-after` and had no other key to try.
+    resting_until: AtomicU64,
+}
+
+impl Endpoint {
+    /// Whether a request may be sent here now: up, breaker not open, not resting.
+    pub fn usable(&self) -> bool {
+        self.health.is_up()
+            && self
+                .breaker
+                .as_ref()
+                .is_none_or(breaker::Breaker::available)
+            && self.resting_until.load(Ordering::Relaxed) <= clock::now_ms()
+    }
+
+    /// Takes no traffic for `rest` (an upstream `retry-after`).
+    pub fn rest(&self, rest: Duration) {
+        let until = clock::now_ms() + rest.as_millis() as u64;
+        self.resting_until.fetch_max(until, Ordering::Relaxed);
+    }
+
+    /// How long until it takes traffic again after [`Endpoint::rest`]; zero if it does.
+    pub fn resting_for(&self) -> Duration {
+        Duration::from_millis(
+            self.resting_until
+                .load(Ordering::Relaxed)
+                .saturating_sub(clock::now_ms()),
+        )
+    }
+
+    pub fn keys(&self) -> &keys::KeyRing {
+        &self.keys
+    }
 }
 
 impl Pool {
@@ -59,17 +112,24 @@ impl Pool {
             }
             None => None,
         };
-        let weights: Vec<u32> = spec.endpoints.iter().map(|e| e.weight).collect();
         let endpoints = spec
             .endpoints
             .iter()
-            .map(|e| Endpoint {
-                spec: e.clone(),
-                addrs: dns::HostAddrs::new(&e.host, e.port, spec.dns_refresh),
+            .map(|e| {
+                Arc::new(Endpoint {
+                    spec: e.clone(),
+                    addrs: dns::HostAddrs::new(&e.host, e.port, spec.dns_refresh),
+                    traffic: balance::Traffic::default(),
+                    health: health::Health::default(),
+                    breaker: spec.breaker.map(breaker::Breaker::new),
+                    load: load::LoadCell::default(),
+                    keys: keys::KeyRing::new(e.api_keys.clone()),
+                    resting_until: AtomicU64::new(0),
+                })
             })
             .collect();
         Ok(Pool {
-            ring: WeightedRing::new(&weights),
+            balancer: balance::Balancer::new(&spec),
             endpoints,
             ca,
             spec,
@@ -80,9 +140,17 @@ impl Pool {
         self.spec.provider == ProviderKind::Mock
     }
 
-    /// The endpoint for the next request (weighted round robin).
-    pub fn next_endpoint(&self) -> Option<&Endpoint> {
-        self.endpoints.get(self.ring.next())
+    /// The endpoint for an attempt: picked by the pool's strategy among the usable ones
+    /// not in `tried`; if none is left, among the usable ones; `None` if no endpoint is
+    /// usable.
+    pub fn pick(&self, hints: &Hints, tried: &[usize]) -> Option<usize> {
+        let fresh = |i: usize| !tried.contains(&i) && self.endpoints[i].usable();
+        self.balancer
+            .pick(&self.endpoints, hints, &fresh)
+            .or_else(|| {
+                self.balancer
+                    .pick(&self.endpoints, hints, &|i| self.endpoints[i].usable())
+            })
     }
 
     /// Ready when the pool answers locally or at least one endpoint's address is known.
