@@ -4,12 +4,15 @@
 use pingora_error::Error;
 use pingora_proxy::Session;
 
+use crate::dispatch::{AttemptRecord, Outcome};
 use crate::handler::RequestCtx;
 
 pub fn write(session: &Session, e: Option<&Error>, ctx: &RequestCtx) {
     let req = session.req_header();
     let status = session.response_written().map_or(0, |r| r.status.as_u16());
-    let f = &ctx.forwarded;
+    let f = &ctx.delivery;
+    let last = ctx.attempts.last();
+    let usage = f.usage.unwrap_or_default();
     let error = ctx.error.as_ref();
     let client = session
         .client_addr()
@@ -26,9 +29,14 @@ pub fn write(session: &Session, e: Option<&Error>, ctx: &RequestCtx) {
         status,
         model = ctx.model.as_deref().unwrap_or(""),
         upstream_model = ctx.upstream_model.as_deref().unwrap_or(""),
-        pool = ctx.pool.as_deref().unwrap_or(""),
-        endpoint = f.endpoint.as_deref().unwrap_or(""),
-        upstream_status = f.status.unwrap_or(0),
+        served_model = ctx.served_model.as_deref().unwrap_or(""),
+        pool = last.map_or("", |a| a.pool.spec.name.as_str()),
+        endpoint = last.map_or("", |a| a.endpoint_name()),
+        attempts = ctx.attempts.len(),
+        attempt_log = %AttemptLog(&ctx.attempts),
+        prompt_tokens = usage.prompt_tokens,
+        completion_tokens = usage.completion_tokens,
+        cached_tokens = usage.cached_tokens(),
         response_bytes = f.response_bytes,
         client_gone = f.client_gone,
         error = error.map_or("", |e| e.code()),
@@ -36,4 +44,25 @@ pub fn write(session: &Session, e: Option<&Error>, ctx: &RequestCtx) {
         elapsed_ms = format_args!("{elapsed_ms:.3}"),
         "request"
     );
+}
+
+/// Every attempt as `pool/endpoint=status|error:ms`, `;`-separated.
+struct AttemptLog<'a>(&'a [AttemptRecord]);
+
+impl std::fmt::Display for AttemptLog<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, a) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(";")?;
+            }
+            write!(f, "{}/{}=", a.pool.spec.name, a.endpoint_name())?;
+            match a.outcome {
+                Outcome::Status(s) => write!(f, "{s}")?,
+                Outcome::Failed(code) => f.write_str(code)?,
+                Outcome::ClientGone => f.write_str("client_gone")?,
+            }
+            write!(f, ":{:.1}ms", a.took.as_secs_f64() * 1000.0)?;
+        }
+        Ok(())
+    }
 }

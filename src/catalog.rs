@@ -19,16 +19,20 @@ struct Entry {
     owned_by: String,
     targets: Vec<(usize, String)>,
     ring: WeightedRing,
+    fallbacks: Vec<usize>,
+    context_window: Option<u64>,
 }
 
-/// Where one request for a model goes.
+/// One place a request may go.
 #[derive(Debug, Clone, Copy)]
 pub struct Resolved<'a> {
-    /// The canonical public name (the request may have used an alias).
+    /// The canonical public name (the request may have used an alias, or this may be a
+    /// fallback).
     pub model: &'a str,
     /// Index of the pool in the gateway's pool list.
     pub pool: usize,
     pub upstream_model: &'a str,
+    pub context_window: Option<u64>,
 }
 
 impl Catalog {
@@ -53,21 +57,38 @@ impl Catalog {
                         .map(|t| (t.pool, t.upstream_model.clone()))
                         .collect(),
                     ring: WeightedRing::new(&weights),
+                    fallbacks: m.fallbacks.clone(),
+                    context_window: m.context_window,
                 }
             })
             .collect();
         Catalog { models, by_name }
     }
 
-    /// Picks the target for one request (weighted across the model's targets).
-    pub fn resolve(&self, name: &str) -> Option<Resolved<'_>> {
-        let entry = &self.models[*self.by_name.get(name)?];
-        let (pool, upstream_model) = entry.targets.get(entry.ring.next())?;
-        Some(Resolved {
-            model: &entry.name,
-            pool: *pool,
-            upstream_model,
-        })
+    /// Everywhere a request for `name` may go, in the order to try: the model's targets
+    /// (the weighted pick first, then the others in config order), then each fallback
+    /// model's the same way. `None` for an unknown model.
+    pub fn candidates(&self, name: &str) -> Option<Vec<Resolved<'_>>> {
+        let first = *self.by_name.get(name)?;
+        let entry = &self.models[first];
+        let mut out = Vec::with_capacity(entry.targets.len() + entry.fallbacks.len());
+        for &m in std::iter::once(&first).chain(&entry.fallbacks) {
+            let e = &self.models[m];
+            let picked = e.ring.next();
+            let order =
+                std::iter::once(picked).chain((0..e.targets.len()).filter(|&i| i != picked));
+            for i in order {
+                if let Some((pool, upstream_model)) = e.targets.get(i) {
+                    out.push(Resolved {
+                        model: &e.name,
+                        pool: *pool,
+                        upstream_model,
+                        context_window: e.context_window,
+                    });
+                }
+            }
+        }
+        Some(out)
     }
 
     /// `(id, owned_by)` of one model, by name or alias.

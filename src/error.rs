@@ -35,6 +35,10 @@ pub enum GatewayError {
     UpstreamProtocol { pool: String, detail: String },
     /// The upstream did not answer in time (504).
     UpstreamTimeout { pool: String, detail: String },
+    /// No endpoint can take the request now: all down, open or resting (503).
+    NoHealthyUpstream { model: String, detail: String },
+    /// The request does not fit the context window of any model it may go to (400).
+    ContextTooLong { tokens: u64, window: u64 },
     /// A bug or an impossible state (500).
     Internal(String),
 }
@@ -73,6 +77,8 @@ impl GatewayError {
             GatewayError::BodyTooLarge { .. } => 413,
             GatewayError::UpstreamUnreachable { .. } | GatewayError::UpstreamProtocol { .. } => 502,
             GatewayError::UpstreamTimeout { .. } => 504,
+            GatewayError::NoHealthyUpstream { .. } => 503,
+            GatewayError::ContextTooLong { .. } => 400,
             GatewayError::Internal(_) => 500,
         }
     }
@@ -102,6 +108,8 @@ impl GatewayError {
             GatewayError::UpstreamUnreachable { .. } => "upstream_unreachable",
             GatewayError::UpstreamProtocol { .. } => "upstream_protocol_error",
             GatewayError::UpstreamTimeout { .. } => "upstream_timeout",
+            GatewayError::NoHealthyUpstream { .. } => "no_healthy_upstream",
+            GatewayError::ContextTooLong { .. } => "context_length_exceeded",
             GatewayError::Internal(_) => "internal_error",
         }
     }
@@ -109,6 +117,7 @@ impl GatewayError {
     fn param(&self) -> Option<&'static str> {
         match self {
             GatewayError::InvalidRequest { param, .. } => *param,
+            GatewayError::ContextTooLong { .. } => Some("messages"),
             _ => None,
         }
     }
@@ -145,6 +154,14 @@ impl GatewayError {
             GatewayError::UpstreamTimeout { pool, .. } => {
                 format!("The upstream for pool `{pool}` did not answer in time.")
             }
+            GatewayError::NoHealthyUpstream { model, .. } => {
+                format!("No upstream for model `{model}` can take requests right now.")
+            }
+            GatewayError::ContextTooLong { tokens, window } => format!(
+                "This model's maximum context length is {window} tokens. However, you \
+                 requested about {tokens} tokens (messages plus max_tokens). Please reduce \
+                 the length of the messages or of max_tokens."
+            ),
             GatewayError::Internal(_) => "The gateway failed to handle the request.".into(),
         }
     }
@@ -156,7 +173,8 @@ impl GatewayError {
             | GatewayError::Internal(d)
             | GatewayError::UpstreamUnreachable { detail: d, .. }
             | GatewayError::UpstreamProtocol { detail: d, .. }
-            | GatewayError::UpstreamTimeout { detail: d, .. } => Some(d),
+            | GatewayError::UpstreamTimeout { detail: d, .. }
+            | GatewayError::NoHealthyUpstream { detail: d, .. } => Some(d),
             _ => None,
         }
     }

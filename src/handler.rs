@@ -1,5 +1,5 @@
 //! What happens to one request, from its first byte to its answer: route, read and check
-//! the body, resolve the model, then answer locally (mock) or forward upstream.
+//! the body, then hand it to `dispatch`, which finds the upstream that answers.
 //!
 //! Every failure becomes a [`GatewayError`] and is answered in one place,
 //! [`answer_failure`]; the access log line is written later, in the logging phase.
@@ -11,12 +11,13 @@ use bytes::{Bytes, BytesMut};
 use pingora_proxy::Session;
 
 use crate::config::Limits;
+use crate::dispatch::{self, AttemptRecord};
 use crate::error::{GatewayError, error_body};
 use crate::openai::{self, Api, InferenceRequest};
 use crate::respond;
 use crate::route::{self, Route};
 use crate::state::State;
-use crate::upstream::{self, Forwarded};
+use crate::upstream::Delivery;
 
 /// Per-request facts gathered on the way, for the access log.
 #[derive(Debug)]
@@ -26,10 +27,13 @@ pub struct RequestCtx {
     pub route: &'static str,
     /// The model the client asked for.
     pub model: Option<String>,
-    /// The model id sent upstream.
+    /// The public model that answered (differs from `model` after a fallback).
+    pub served_model: Option<String>,
+    /// The model id sent upstream by the answering attempt.
     pub upstream_model: Option<String>,
-    pub pool: Option<String>,
-    pub forwarded: Forwarded,
+    /// Every upstream attempt, in order.
+    pub attempts: Vec<AttemptRecord>,
+    pub delivery: Delivery,
     pub error: Option<GatewayError>,
 }
 
@@ -40,9 +44,10 @@ impl RequestCtx {
             started: Instant::now(),
             route: "unknown",
             model: None,
+            served_model: None,
             upstream_model: None,
-            pool: None,
-            forwarded: Forwarded::default(),
+            attempts: Vec::new(),
+            delivery: Delivery::default(),
             error: None,
         }
     }
@@ -133,30 +138,7 @@ async fn infer(
     let body = read_body(session, &state.config.limits).await?;
     let req = InferenceRequest::parse(api, body)?;
     ctx.model = Some(req.model.clone());
-    let target = state
-        .catalog
-        .resolve(&req.model)
-        .ok_or_else(|| GatewayError::UnknownModel(req.model.clone()))?;
-    let pool = state.pools.get(target.pool).ok_or_else(|| {
-        GatewayError::Internal(format!("model `{}` points at no pool", target.model))
-    })?;
-    ctx.pool = Some(pool.spec.name.clone());
-    ctx.upstream_model = Some(target.upstream_model.to_owned());
-    if pool.is_mock() {
-        return upstream::mock_answer(session, pool, &req, target.upstream_model, &ctx.request_id)
-            .await;
-    }
-    let body = req.body_with_model(target.upstream_model);
-    upstream::forward(
-        connector,
-        session,
-        pool,
-        api,
-        body,
-        &ctx.request_id,
-        &mut ctx.forwarded,
-    )
-    .await
+    dispatch::dispatch(state, connector, session, ctx, &req).await
 }
 
 /// Reads the whole request body, refusing it as soon as it is known to exceed `limit`
@@ -227,7 +209,7 @@ async fn read_body(session: &mut Session, limits: &Limits) -> Result<Bytes, Gate
 /// error event and the end of the stream; otherwise the connection is closed so the
 /// client sees a truncated response rather than a complete-looking one.
 async fn answer_failure(session: &mut Session, ctx: &RequestCtx, e: &GatewayError) {
-    let f = &ctx.forwarded;
+    let f = &ctx.delivery;
     if f.client_gone {
         return;
     }

@@ -54,6 +54,12 @@ pub struct InferenceRequest {
     pub stream: bool,
     /// `stream_options.include_usage`.
     pub include_usage: bool,
+    /// `user`, when a string.
+    pub user: Option<String>,
+    /// `max_completion_tokens`, else `max_tokens`, when given.
+    pub max_tokens: Option<u64>,
+    /// Byte range of the input (`messages`, `prompt` or `input`) in `body`.
+    input_span: Range<usize>,
 }
 
 /// The fields read by the gateway, borrowed from the body. Unknown fields are skipped,
@@ -72,6 +78,12 @@ struct Fields<'a> {
     prompt: Option<&'a RawValue>,
     #[serde(borrow)]
     input: Option<&'a RawValue>,
+    #[serde(borrow)]
+    user: Option<&'a RawValue>,
+    #[serde(borrow)]
+    max_tokens: Option<&'a RawValue>,
+    #[serde(borrow)]
+    max_completion_tokens: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -141,6 +153,20 @@ impl InferenceRequest {
             Api::Embeddings => fields.input,
         };
         let field = api.input_field();
+        let input_span = input.map_or(0..0, |raw| span_of(text, raw.get()));
+        let user = fields
+            .user
+            .and_then(|raw| serde_json::from_str::<String>(raw.get()).ok());
+        let max_tokens = match fields.max_completion_tokens.or(fields.max_tokens) {
+            None => None,
+            Some(raw) if raw.get() == "null" => None,
+            Some(raw) => Some(serde_json::from_str::<u64>(raw.get()).map_err(|_| {
+                GatewayError::invalid(
+                    "`max_tokens` must be a non-negative integer",
+                    Some("max_tokens"),
+                )
+            })?),
+        };
         match input.map(RawValue::get) {
             None | Some("null") => {
                 return Err(GatewayError::invalid(
@@ -170,7 +196,15 @@ impl InferenceRequest {
             model_span,
             stream,
             include_usage,
+            user,
+            max_tokens,
+            input_span,
         })
+    }
+
+    /// The input (`messages`, `prompt` or `input`) as raw JSON bytes.
+    pub fn input(&self) -> &[u8] {
+        &self.body[self.input_span.clone()]
     }
 
     /// The body with `model` replaced; the original bytes everywhere else. Returns the

@@ -79,3 +79,15 @@ impl Balancer {
     /// Tells the strategy which endpoint took a request with these hints.
     pub fn served(&self, _hints: &Hints, _endpoint: usize) {}
 }
+
+/// Stable hash of a session key (same in every process).
+pub fn session_hash(key: &[u8]) -> u64 {
+    prefix_hash(key)
+}
+
+/// Stable hash of a prompt prefix (same in every process): FNV-1a.
+pub fn prefix_hash(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}

@@ -1,5 +1,7 @@
-//! One exchange with an upstream endpoint: send the (rewritten) request, stream the
-//! response back to the client as it arrives.
+//! One attempt with an upstream endpoint: send the (rewritten) request and read the
+//! response header ([`send`]); then either read the whole body and send it on
+//! ([`Exchange::read_all`], [`deliver_whole`]) or stream it through as it arrives
+//! ([`deliver_stream`]). Choosing between them, and between attempts, is `dispatch`'s.
 //!
 //! The gateway reads the request body itself (to route on `model`), so it also drives the
 //! upstream side itself, through Pingora's pooled connector, instead of Pingora's proxy
@@ -8,7 +10,7 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use pingora_core::connectors::http::Connector;
 use pingora_core::protocols::http::client::HttpSession;
 use pingora_core::upstreams::peer::HttpPeer;
@@ -18,8 +20,9 @@ use pingora_proxy::Session;
 use tokio::time::Instant;
 
 use super::{Endpoint, Pool};
+use crate::config::Secret;
 use crate::error::GatewayError;
-use crate::openai::Api;
+use crate::openai::{Api, SseParser, Usage};
 
 /// How long an idle upstream connection stays in the pool.
 const POOLED_IDLE: Duration = Duration::from_secs(60);
@@ -67,13 +70,9 @@ fn keeps(name: &str, dropped: &[&str]) -> bool {
     !HOP_BY_HOP.contains(&name) && !dropped.contains(&name)
 }
 
-/// What happened, for the access log.
+/// How a response went to the client, for the access log and the error path.
 #[derive(Debug, Default)]
-pub struct Forwarded {
-    /// The endpoint URL that served (or failed) the request.
-    pub endpoint: Option<String>,
-    /// The upstream's status, once its header arrived.
-    pub status: Option<u16>,
+pub struct Delivery {
     /// The response header has gone to the client: errors can no longer change it.
     pub response_started: bool,
     /// The response is an SSE stream.
@@ -82,54 +81,73 @@ pub struct Forwarded {
     /// cancelled.
     pub client_gone: bool,
     pub response_bytes: u64,
+    /// Token usage the upstream reported.
+    pub usage: Option<Usage>,
 }
 
-/// Sends `body` to the pool's next endpoint and streams the answer to `session`.
-pub async fn forward(
+/// One attempt: which endpoint, which request, how long it may wait for a header.
+pub struct Attempt<'a> {
+    pub pool: &'a Pool,
+    pub endpoint: &'a Endpoint,
+    pub api: Api,
+    pub body: Bytes,
+    pub request_id: &'a str,
+    /// The longest wait for the response header: the pool's first-byte timeout, cut to
+    /// what is left of the request's deadline.
+    pub header_wait: Duration,
+}
+
+/// An upstream response whose header has arrived and whose body has not been read.
+pub struct Exchange {
+    conn: HttpSession,
+    peer: HttpPeer,
+    /// From sending the request to the response header.
+    pub took: Duration,
+}
+
+/// What sending a request got.
+pub enum Sent {
+    Answer(Box<Exchange>),
+    /// The client left while the upstream was thinking; the request was cancelled.
+    ClientGone,
+}
+
+/// Sends the request and waits for the response header. Every error here happened
+/// before anything reached the client, so another attempt may follow.
+pub async fn send(
     connector: &Connector,
     session: &mut Session,
-    pool: &Pool,
-    api: Api,
-    body: Bytes,
-    request_id: &str,
-    out: &mut Forwarded,
-) -> Result<(), GatewayError> {
-    let endpoint = pool
-        .pick(&super::Hints::default(), &[])
-        .map(|i| &pool.endpoints[i])
-        .ok_or_else(|| {
-            GatewayError::Internal(format!("pool `{}` has no endpoint", pool.spec.name))
-        })?;
-    out.endpoint = Some(endpoint.spec.url.clone());
-    let t = pool.spec.timeouts;
-    let deadline = Instant::now() + t.total;
+    a: &Attempt<'_>,
+    key: Option<&Secret>,
+) -> Result<Sent, GatewayError> {
+    let pool = a.pool;
     let unreachable = |detail: String| GatewayError::UpstreamUnreachable {
         pool: pool.spec.name.clone(),
         detail,
     };
-
-    let addr = endpoint.addrs.pick().await.map_err(&unreachable)?;
-    let peer = peer_for(pool, endpoint, addr);
+    let addr = a.endpoint.addrs.pick().await.map_err(&unreachable)?;
+    let peer = peer_for(pool, a.endpoint, addr);
     let mut request = Some(request_header(
         session.req_header(),
-        endpoint,
-        api,
-        body.len(),
-        request_id,
+        a.endpoint,
+        a.api,
+        a.body.len(),
+        a.request_id,
+        key,
     )?);
+    let started = Instant::now();
+    let deadline = started + a.header_wait;
 
     // A pooled connection may have been closed by the upstream while idle; that shows
     // only when it is used. Such a failure, before any response byte, is retried once
     // on a fresh connection.
-    let mut upstream = None;
     for _ in 0..2 {
         let (mut conn, reused) = connector
             .get_http_session(&peer)
             .await
             .map_err(|e| connect_error(pool, &e))?;
         let exchange = tokio::time::timeout(
-            t.first_byte
-                .min(deadline.saturating_duration_since(Instant::now())),
+            deadline.saturating_duration_since(Instant::now()),
             // Only a reused connection may need a second try, and so its own copy.
             send_and_read_header(
                 &mut conn,
@@ -138,111 +156,251 @@ pub async fn forward(
                 } else {
                     request.take()
                 },
-                body.clone(),
+                a.body.clone(),
             ),
         );
         // A client that leaves while the upstream is still thinking cancels it too.
         let sent = tokio::select! {
             sent = exchange => sent,
             _ = session.as_downstream_mut().read_body_or_idle(true) => {
-                out.client_gone = true;
-                return Ok(());
+                return Ok(Sent::ClientGone);
             }
         };
         match sent {
+            Ok(Ok(())) if conn.response_header().is_none() => {
+                return Err(GatewayError::Internal(
+                    "no response header after reading it".into(),
+                ));
+            }
             Ok(Ok(())) => {
-                upstream = Some(conn);
-                break;
+                return Ok(Sent::Answer(Box::new(Exchange {
+                    conn,
+                    peer,
+                    took: started.elapsed(),
+                })));
             }
             Ok(Err(e)) if reused => {
-                tracing::debug!(request_id, error = %e, "reused upstream connection failed; retrying on a new one");
+                tracing::debug!(request_id = a.request_id, error = %e, "reused upstream connection failed; retrying on a new one");
             }
             Ok(Err(e)) => return Err(exchange_error(pool, &e, "sending the request")),
             Err(_) => {
                 return Err(GatewayError::UpstreamTimeout {
                     pool: pool.spec.name.clone(),
-                    detail: format!("no response header within {:?}", t.first_byte),
+                    detail: format!("no response header within {:?}", a.header_wait),
                 });
             }
         }
     }
-    let Some(mut upstream) = upstream else {
-        return Err(unreachable(
-            "the connection failed twice before a response".into(),
-        ));
-    };
-    let Some(upstream_header) = upstream.response_header() else {
-        return Err(GatewayError::Internal(
-            "response header missing after read".into(),
-        ));
-    };
-    out.status = Some(upstream_header.status.as_u16());
-    let (mut client_header, event_stream) = client_response_header(upstream_header, request_id)?;
-    out.event_stream = event_stream;
-    crate::respond::frame_open_ended_body(session, &mut client_header)
+    Err(unreachable(
+        "the connection failed twice before a response".into(),
+    ))
+}
+
+impl Exchange {
+    #[allow(
+        clippy::expect_used,
+        reason = "`send` returns an exchange only once the header was read"
+    )]
+    pub fn header(&self) -> &ResponseHeader {
+        self.conn
+            .response_header()
+            .expect("an exchange has a response header")
+    }
+
+    pub fn status(&self) -> u16 {
+        self.header().status.as_u16()
+    }
+
+    pub fn is_event_stream(&self) -> bool {
+        self.header()
+            .headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"))
+    }
+
+    /// Reads the whole body, at most `cap` bytes, within the pool's idle and total
+    /// timeouts; `None` if the client left meanwhile.
+    pub async fn read_all(
+        &mut self,
+        session: &mut Session,
+        pool: &Pool,
+        cap: usize,
+    ) -> Result<Option<Bytes>, GatewayError> {
+        let t = pool.spec.timeouts;
+        let deadline = Instant::now() + t.total;
+        let mut first: Option<Bytes> = None;
+        let mut rest: Option<BytesMut> = None;
+        loop {
+            let read = tokio::select! {
+                read = read_chunk(&mut self.conn, pool, t.idle, deadline) => read?,
+                _ = session.as_downstream_mut().read_body_or_idle(true) => return Ok(None),
+            };
+            let Some(chunk) = read else { break };
+            let so_far =
+                first.as_ref().map_or(0, Bytes::len) + rest.as_ref().map_or(0, BytesMut::len);
+            if so_far + chunk.len() > cap {
+                return Err(GatewayError::UpstreamProtocol {
+                    pool: pool.spec.name.clone(),
+                    detail: format!("response larger than max_response_bytes ({cap})"),
+                });
+            }
+            match (&mut first, &mut rest) {
+                (None, None) => first = Some(chunk),
+                (Some(f), None) => {
+                    let mut buf = BytesMut::with_capacity(f.len() + chunk.len());
+                    buf.extend_from_slice(f);
+                    buf.extend_from_slice(&chunk);
+                    rest = Some(buf);
+                }
+                (_, Some(buf)) => buf.extend_from_slice(&chunk),
+            }
+            if self.conn.response_done() {
+                break;
+            }
+        }
+        Ok(Some(match rest {
+            Some(buf) => buf.freeze(),
+            None => first.unwrap_or_default(),
+        }))
+    }
+
+    /// Returns the connection to the pool if the response was read to its end.
+    pub async fn release(mut self, connector: &Connector) {
+        if self.conn.response_done() {
+            connector
+                .release_http_session(self.conn, &self.peer, Some(POOLED_IDLE))
+                .await;
+        }
+    }
+}
+
+/// One body chunk within the idle timeout and the deadline; `None` at the end.
+async fn read_chunk(
+    conn: &mut HttpSession,
+    pool: &Pool,
+    idle: Duration,
+    deadline: Instant,
+) -> Result<Option<Bytes>, GatewayError> {
+    let wait = idle.min(deadline.saturating_duration_since(Instant::now()));
+    match tokio::time::timeout(wait, conn.read_response_body()).await {
+        Err(_) => Err(GatewayError::UpstreamTimeout {
+            pool: pool.spec.name.clone(),
+            detail: if Instant::now() >= deadline {
+                format!(
+                    "response not complete within {:?}",
+                    pool.spec.timeouts.total
+                )
+            } else {
+                format!("no data for {idle:?}")
+            },
+        }),
+        Ok(Err(e)) => Err(exchange_error(pool, &e, "reading the response body")),
+        Ok(Ok(chunk)) => Ok(chunk),
+    }
+}
+
+/// Sends a response whose body was read whole: the upstream's status and headers (less
+/// those the gateway drops), `extra` headers, and the body with its length.
+pub async fn deliver_whole(
+    session: &mut Session,
+    upstream: &ResponseHeader,
+    body: Bytes,
+    extra: &[(&'static str, String)],
+    request_id: &str,
+    out: &mut Delivery,
+) -> Result<(), GatewayError> {
+    let mut h = client_response_header(upstream, request_id, extra)?;
+    h.insert_header("content-length", body.len().to_string())
+        .map_err(|e| GatewayError::Internal(format!("building the response header: {e}")))?;
+    out.response_bytes = body.len() as u64;
+    if let Err(e) = session.write_response_header(Box::new(h), false).await {
+        out.client_gone = true;
+        tracing::debug!(request_id, error = %e, "client gone before the response");
+        return Ok(());
+    }
+    out.response_started = true;
+    if let Err(e) = session.write_response_body(Some(body), true).await {
+        tracing::debug!(request_id, error = %e, "client gone during the response");
+        out.client_gone = true;
+    }
+    Ok(())
+}
+
+/// Streams an SSE response to the client as it arrives, chunk by chunk, reading usage
+/// on the way. An upstream that stops early, stalls, or ends without `data: [DONE]`
+/// is an error after the response started (the caller ends the stream with an error
+/// event). The client is watched all along: if it leaves, the upstream request is
+/// cancelled (the connection is dropped, not pooled).
+pub async fn deliver_stream(
+    connector: &Connector,
+    session: &mut Session,
+    mut exchange: Box<Exchange>,
+    pool: &Pool,
+    extra: &[(&'static str, String)],
+    request_id: &str,
+    out: &mut Delivery,
+) -> Result<(), GatewayError> {
+    out.event_stream = true;
+    let mut h = client_response_header(exchange.header(), request_id, extra)?;
+    crate::respond::frame_open_ended_body(session, &mut h)
         .map_err(|e| GatewayError::Internal(format!("framing the response: {e}")))?;
-    session
-        .write_response_header(Box::new(client_header), false)
-        .await
-        .map_err(|e| {
-            out.client_gone = true;
-            GatewayError::BodyIncomplete(format!("client gone before the response: {e}"))
-        })?;
+    if let Err(e) = session.write_response_header(Box::new(h), false).await {
+        tracing::debug!(request_id, error = %e, "client gone before the response");
+        out.client_gone = true;
+        return Ok(());
+    }
     out.response_started = true;
 
-    // Body: each upstream chunk goes to the client as soon as it is read. Meanwhile the
-    // client connection is watched, so a client that leaves cancels the upstream request
-    // at once (the upstream connection is dropped, not pooled).
+    let t = pool.spec.timeouts;
+    let deadline = Instant::now() + t.total;
+    let cap = pool.spec.max_response_bytes as u64;
+    let mut parser = SseParser::new();
+    let mut done = false;
     loop {
-        let wait = t
-            .idle
-            .min(deadline.saturating_duration_since(Instant::now()));
         let read = tokio::select! {
-            read = tokio::time::timeout(wait, upstream.read_response_body()) => read,
+            read = read_chunk(&mut exchange.conn, pool, t.idle, deadline) => read?,
             _ = session.as_downstream_mut().read_body_or_idle(true) => {
                 out.client_gone = true;
                 return Ok(());
             }
         };
-        match read {
-            Err(_) => {
-                let detail = if Instant::now() >= deadline {
-                    format!("response not complete within {:?}", t.total)
-                } else {
-                    format!("no data for {:?}", t.idle)
-                };
-                return Err(GatewayError::UpstreamTimeout {
-                    pool: pool.spec.name.clone(),
-                    detail,
-                });
+        let Some(chunk) = read else { break };
+        out.response_bytes += chunk.len() as u64;
+        if out.response_bytes > cap {
+            return Err(GatewayError::UpstreamProtocol {
+                pool: pool.spec.name.clone(),
+                detail: format!("stream longer than max_response_bytes ({cap})"),
+            });
+        }
+        parser.feed(&chunk, |data| {
+            if data == b"[DONE]" {
+                done = true;
+            } else if let Some(u) = Usage::find(data) {
+                out.usage = Some(u);
             }
-            Ok(Err(e)) => return Err(exchange_error(pool, &e, "reading the response body")),
-            Ok(Ok(None)) => break,
-            Ok(Ok(Some(chunk))) => {
-                out.response_bytes += chunk.len() as u64;
-                if let Err(e) = session.write_response_body(Some(chunk), false).await {
-                    tracing::debug!(request_id, error = %e, "client gone mid-response");
-                    out.client_gone = true;
-                    return Ok(());
-                }
-                // With a Content-Length the client may hold the whole answer now and send
-                // its next request at once: stop watching the connection before that.
-                if upstream.response_done() {
-                    break;
-                }
-            }
+        });
+        if let Err(e) = session.write_response_body(Some(chunk), false).await {
+            tracing::debug!(request_id, error = %e, "client gone mid-stream");
+            out.client_gone = true;
+            return Ok(());
+        }
+        if exchange.conn.response_done() {
+            break;
         }
     }
+    if !done {
+        return Err(GatewayError::UpstreamProtocol {
+            pool: pool.spec.name.clone(),
+            detail: "the stream ended without `data: [DONE]`".into(),
+        });
+    }
     if let Err(e) = session.write_response_body(None, true).await {
-        tracing::debug!(request_id, error = %e, "client gone at the end of the response");
+        tracing::debug!(request_id, error = %e, "client gone at the end of the stream");
         out.client_gone = true;
         return Ok(());
     }
-    if upstream.response_done() {
-        connector
-            .release_http_session(upstream, &peer, Some(POOLED_IDLE))
-            .await;
-    }
+    exchange.release(connector).await;
     Ok(())
 }
 
@@ -281,6 +439,7 @@ fn request_header(
     api: Api,
     body_len: usize,
     request_id: &str,
+    key: Option<&Secret>,
 ) -> Result<RequestHeader, GatewayError> {
     let internal = |e: Box<pingora_error::Error>| {
         GatewayError::Internal(format!("building the upstream request: {e}"))
@@ -313,25 +472,31 @@ fn request_header(
         .map_err(internal)?;
     req.insert_header("x-request-id", request_id)
         .map_err(internal)?;
-    if let Some((_, key)) = endpoint.keys().pick() {
+    if let Some(key) = key {
         req.insert_header("authorization", format!("Bearer {}", key.expose()))
             .map_err(internal)?;
     }
     Ok(req)
 }
 
-/// The client's response header from the upstream's; also says whether it is SSE.
+/// The client's response header from the upstream's: its status and headers less those
+/// the gateway drops (and `content-length`, which the caller sets or frames), plus
+/// `extra`.
 fn client_response_header(
     upstream: &ResponseHeader,
     request_id: &str,
-) -> Result<(ResponseHeader, bool), GatewayError> {
+    extra: &[(&'static str, String)],
+) -> Result<ResponseHeader, GatewayError> {
     let internal = |e: Box<pingora_error::Error>| {
         GatewayError::Internal(format!("building the response header: {e}"))
     };
-    let mut h = ResponseHeader::build(upstream.status, Some(upstream.headers.len() + 2))
-        .map_err(internal)?;
+    let mut h = ResponseHeader::build(
+        upstream.status,
+        Some(upstream.headers.len() + 2 + extra.len()),
+    )
+    .map_err(internal)?;
     for (name, value) in upstream.headers.iter() {
-        if keeps(name.as_str(), DROP_RESPONSE_HEADERS) {
+        if keeps(name.as_str(), DROP_RESPONSE_HEADERS) && name != http::header::CONTENT_LENGTH {
             h.append_header(name.clone(), value.clone())
                 .map_err(internal)?;
         }
@@ -342,12 +507,10 @@ fn client_response_header(
     }
     h.insert_header("x-request-id", request_id)
         .map_err(internal)?;
-    let event_stream = upstream
-        .headers
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("text/event-stream"));
-    Ok((h, event_stream))
+    for (name, value) in extra {
+        h.insert_header(*name, value.as_str()).map_err(internal)?;
+    }
+    Ok(h)
 }
 
 fn connect_error(pool: &Pool, e: &pingora_error::Error) -> GatewayError {

@@ -25,7 +25,7 @@ use pingora_core::protocols::tls::CaType;
 use crate::config::{EndpointSpec, PoolSpec, ProviderKind};
 
 pub use balance::Hints;
-pub use forward::{Forwarded, forward};
+pub use forward::{Attempt, Delivery, Exchange, Sent, deliver_stream, deliver_whole, send};
 pub use mock::answer as mock_answer;
 
 #[derive(Debug)]
