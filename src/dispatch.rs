@@ -202,14 +202,14 @@ pub async fn dispatch(
                 Err(e) => {
                     tracing::debug!(request_id = %ctx.request_id, pool = %pool.spec.name, endpoint = %endpoint.spec.name, error = %e, "attempt failed");
                     record(ctx, Outcome::Failed(e.code()));
-                    breaker_record(endpoint, admitted, false);
+                    breaker_record(pool, endpoint, admitted, false);
                     tried.push(i);
                     last = Some(LastFailure::Error(e));
                     continue;
                 }
                 Ok(Sent::ClientGone) => {
                     record(ctx, Outcome::ClientGone);
-                    breaker_record(endpoint, admitted, true);
+                    breaker_cancel(endpoint, admitted);
                     ctx.delivery.client_gone = true;
                     return Ok(());
                 }
@@ -234,7 +234,11 @@ pub async fn dispatch(
                     &mut ctx.delivery,
                 )
                 .await;
-                breaker_record(endpoint, admitted, delivered.is_ok());
+                if ctx.delivery.client_gone {
+                    breaker_cancel(endpoint, admitted);
+                } else {
+                    breaker_record(pool, endpoint, admitted, delivered.is_ok());
+                }
                 return delivered;
             }
 
@@ -249,13 +253,13 @@ pub async fn dispatch(
                 Ok(Some(body)) => body,
                 Ok(None) => {
                     record(ctx, Outcome::ClientGone);
-                    breaker_record(endpoint, admitted, true);
+                    breaker_cancel(endpoint, admitted);
                     ctx.delivery.client_gone = true;
                     return Ok(());
                 }
                 Err(e) => {
                     record(ctx, Outcome::Failed(e.code()));
-                    breaker_record(endpoint, admitted, false);
+                    breaker_record(pool, endpoint, admitted, false);
                     tried.push(i);
                     last = Some(LastFailure::Error(e));
                     continue;
@@ -265,7 +269,7 @@ pub async fn dispatch(
                 && let Err(e) = check_json(pool, exchange.header(), &body)
             {
                 record(ctx, Outcome::Failed(e.code()));
-                breaker_record(endpoint, admitted, false);
+                breaker_record(pool, endpoint, admitted, false);
                 tried.push(i);
                 last = Some(LastFailure::Error(e));
                 continue;
@@ -298,7 +302,7 @@ pub async fn dispatch(
                 }
             };
             // Throttling and refused keys say nothing against the endpoint's health.
-            breaker_record(endpoint, admitted, !matches!(status, 500..=599 | 408));
+            breaker_record(pool, endpoint, admitted, !matches!(status, 500..=599 | 408));
             if !retry {
                 ctx.served(c);
                 if class == Class::Success {
@@ -468,9 +472,18 @@ async fn pause(session: &mut Session, wait: Duration) -> bool {
     }
 }
 
-fn breaker_record(endpoint: &Endpoint, admitted: Option<Admit>, ok: bool) {
+fn breaker_record(pool: &Pool, endpoint: &Endpoint, admitted: Option<Admit>, ok: bool) {
+    if let (Some(b), Some(a)) = (&endpoint.breaker, admitted)
+        && let Some(change) = b.record(a, ok)
+    {
+        change.log(&pool.spec.name, &endpoint.spec.name);
+    }
+}
+
+/// The attempt ended without telling anything about the endpoint (the client left).
+fn breaker_cancel(endpoint: &Endpoint, admitted: Option<Admit>) {
     if let (Some(b), Some(a)) = (&endpoint.breaker, admitted) {
-        b.record(a, ok);
+        b.cancel(a);
     }
 }
 

@@ -126,7 +126,7 @@ pub async fn send(
         detail,
     };
     let addr = a.endpoint.addrs.pick().await.map_err(&unreachable)?;
-    let peer = peer_for(pool, a.endpoint, addr);
+    let peer = pool.peer(a.endpoint, addr, POOLED_IDLE);
     let mut request = Some(request_header(
         session.req_header(),
         a.endpoint,
@@ -418,19 +418,6 @@ async fn send_and_read_header(
     conn.read_response_header().await
 }
 
-fn peer_for(pool: &Pool, endpoint: &Endpoint, addr: std::net::SocketAddr) -> HttpPeer {
-    let mut peer = HttpPeer::new(addr, endpoint.spec.tls, endpoint.spec.host.clone());
-    let o = &mut peer.options;
-    o.connection_timeout = Some(pool.spec.timeouts.connect);
-    // Covers the TLS handshake too.
-    o.total_connection_timeout = Some(pool.spec.timeouts.connect * 2);
-    o.idle_timeout = Some(POOLED_IDLE);
-    o.verify_cert = true;
-    o.verify_hostname = true;
-    o.ca = pool.ca.clone();
-    peer
-}
-
 /// The upstream request line and headers: the client's headers minus those in
 /// [`DROP_REQUEST_HEADERS`], plus the pool's host, credential and the request id.
 fn request_header(
@@ -458,14 +445,8 @@ fn request_header(
                 .map_err(internal)?;
         }
     }
-    let default_port = if spec.tls { 443 } else { 80 };
-    let host = match (spec.host.contains(':'), spec.port == default_port) {
-        (true, true) => format!("[{}]", spec.host),
-        (true, false) => format!("[{}]:{}", spec.host, spec.port),
-        (false, true) => spec.host.clone(),
-        (false, false) => format!("{}:{}", spec.host, spec.port),
-    };
-    req.insert_header("host", host).map_err(internal)?;
+    req.insert_header("host", endpoint.host_header())
+        .map_err(internal)?;
     req.insert_header("content-type", "application/json")
         .map_err(internal)?;
     req.insert_header("content-length", body_len.to_string())

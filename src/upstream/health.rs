@@ -6,19 +6,16 @@
 //! weakly and ends once the pool is gone. Probes go through the connector they are given,
 //! never the client traffic's.
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
-use std::time::Duration;
 
 use pingora_core::connectors::http::Connector;
 use pingora_core::protocols::http::client::HttpSession;
-use pingora_core::upstreams::peer::HttpPeer;
 use pingora_http::RequestHeader;
 use tokio::task::JoinSet;
 use tokio::time::MissedTickBehavior;
 
-use crate::config::{EndpointSpec, HealthCheck};
+use crate::config::HealthCheck;
 
 use super::{Endpoint, Pool};
 
@@ -162,7 +159,7 @@ async fn exchange(
     let addr = endpoint.addrs.pick().await?;
     // Probes come every `interval`: keep the connection for the next one.
     let keep = settings.interval + settings.timeout;
-    let peer = probe_peer(pool, endpoint, addr, keep);
+    let peer = pool.peer(endpoint, addr, keep);
     let request = probe_request(endpoint, settings)?;
 
     // A pooled connection the upstream closed while idle fails on first use; such a
@@ -208,7 +205,8 @@ async fn exchange(
             .release_http_session(conn, &peer, Some(keep))
             .await;
     }
-    if status.is_success() {
+    // A throttled endpoint is alive: rate limits are the request path's business.
+    if status.is_success() || status == 429 {
         Ok(())
     } else {
         Err(format!("GET {} answered {status}", request.uri))
@@ -221,20 +219,6 @@ async fn send(conn: &mut HttpSession, request: RequestHeader) -> pingora_error::
     conn.read_response_header().await
 }
 
-/// The peer for a probe, set up like the request path's (same TLS checks and CAs).
-// Mirrors `forward::peer_for` but for the pooled idle time; to be shared.
-fn probe_peer(pool: &Pool, endpoint: &Endpoint, addr: SocketAddr, idle: Duration) -> HttpPeer {
-    let mut peer = HttpPeer::new(addr, endpoint.spec.tls, endpoint.spec.host.clone());
-    let o = &mut peer.options;
-    o.connection_timeout = Some(pool.spec.timeouts.connect);
-    o.total_connection_timeout = Some(pool.spec.timeouts.connect * 2);
-    o.idle_timeout = Some(idle);
-    o.verify_cert = true;
-    o.verify_hostname = true;
-    o.ca = pool.ca.clone();
-    peer
-}
-
 fn probe_request(endpoint: &Endpoint, settings: &HealthCheck) -> Result<RequestHeader, String> {
     let spec = &endpoint.spec;
     let path = match &settings.path {
@@ -243,7 +227,7 @@ fn probe_request(endpoint: &Endpoint, settings: &HealthCheck) -> Result<RequestH
     };
     let build = |e: Box<pingora_error::Error>| format!("building the probe request: {e}");
     let mut req = RequestHeader::build("GET", path.as_bytes(), Some(3)).map_err(build)?;
-    req.insert_header("host", host_header(spec))
+    req.insert_header("host", endpoint.host_header())
         .map_err(build)?;
     req.insert_header("user-agent", USER_AGENT).map_err(build)?;
     if let Some((_, key)) = endpoint.keys().pick() {
@@ -253,22 +237,12 @@ fn probe_request(endpoint: &Endpoint, settings: &HealthCheck) -> Result<RequestH
     Ok(req)
 }
 
-/// `host[:port]`, the port left out when it is the scheme's default.
-// Mirrors the host header of `forward::request_header`; to be shared.
-fn host_header(spec: &EndpointSpec) -> String {
-    let default_port = if spec.tls { 443 } else { 80 };
-    match (spec.host.contains(':'), spec.port == default_port) {
-        (true, true) => format!("[{}]", spec.host),
-        (true, false) => format!("[{}]:{}", spec.host, spec.port),
-        (false, true) => spec.host.clone(),
-        (false, false) => format!("{}:{}", spec.host, spec.port),
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::net::SocketAddr;
     use std::path::Path;
     use std::sync::atomic::AtomicUsize;
+    use std::time::Duration;
 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::{TcpListener, TcpStream};

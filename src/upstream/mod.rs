@@ -20,7 +20,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use std::net::SocketAddr;
+
 use pingora_core::protocols::tls::CaType;
+use pingora_core::upstreams::peer::HttpPeer;
 
 use crate::config::{EndpointSpec, PoolSpec, ProviderKind};
 
@@ -84,6 +87,18 @@ impl Endpoint {
     pub fn keys(&self) -> &keys::KeyRing {
         &self.keys
     }
+
+    /// The `host` header: `host[:port]`, the port left out when it is the scheme's.
+    fn host_header(&self) -> String {
+        let spec = &self.spec;
+        let default_port = if spec.tls { 443 } else { 80 };
+        match (spec.host.contains(':'), spec.port == default_port) {
+            (true, true) => format!("[{}]", spec.host),
+            (true, false) => format!("[{}]:{}", spec.host, spec.port),
+            (false, true) => spec.host.clone(),
+            (false, false) => format!("{}:{}", spec.host, spec.port),
+        }
+    }
 }
 
 impl Pool {
@@ -134,6 +149,22 @@ impl Pool {
             ca,
             spec,
         })
+    }
+
+    /// The Pingora peer for one of this pool's endpoints at `addr`: certificate and
+    /// host name checks with the pool's CAs, its connect timeout, and how long an idle
+    /// connection is kept.
+    fn peer(&self, endpoint: &Endpoint, addr: SocketAddr, idle: Duration) -> HttpPeer {
+        let mut peer = HttpPeer::new(addr, endpoint.spec.tls, endpoint.spec.host.clone());
+        let o = &mut peer.options;
+        o.connection_timeout = Some(self.spec.timeouts.connect);
+        // Covers the TLS handshake too.
+        o.total_connection_timeout = Some(self.spec.timeouts.connect * 2);
+        o.idle_timeout = Some(idle);
+        o.verify_cert = true;
+        o.verify_hostname = true;
+        o.ca = self.ca.clone();
+        peer
     }
 
     pub fn is_mock(&self) -> bool {

@@ -22,6 +22,12 @@ pub struct WireRequest {
 }
 
 impl WireRequest {
+    /// The gateway's active health check, which mocks answer apart.
+    pub fn is_health_probe(&self) -> bool {
+        self.header("user-agent")
+            .is_some_and(|ua| ua.starts_with("tollgate-health-check"))
+    }
+
     fn header(&self, name: &str) -> Option<&str> {
         header_value(&self.headers, name)
     }

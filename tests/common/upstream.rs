@@ -281,6 +281,23 @@ impl MockUpstream {
         *self.state.disconnects.borrow()
     }
 
+    /// Health probes answered so far. Probes (the gateway's `user-agent:
+    /// tollgate-health-check` requests) get their own answer, are not recorded as
+    /// requests and do not advance a [`Behavior::Sequence`].
+    pub fn probe_count(&self) -> usize {
+        *self.state.probes.borrow()
+    }
+
+    /// The status health probes get from now on (200 at first).
+    pub fn set_probe_status(&self, status: u16) {
+        self.state.probe_status.store(status, Ordering::SeqCst);
+    }
+
+    /// Waits until at least `n` probes were answered; false on timeout.
+    pub async fn wait_for_probes(&self, n: usize, timeout: Duration) -> bool {
+        wait_for_count(self.state.probes.subscribe(), n, timeout).await
+    }
+
     /// Waits until at least `n` requests were recorded; false on timeout.
     pub async fn wait_for_requests(&self, n: usize, timeout: Duration) -> bool {
         wait_for_count(self.state.requests_seen.subscribe(), n, timeout).await
@@ -320,6 +337,10 @@ struct State {
     connections: AtomicUsize,
     requests_seen: watch::Sender<usize>,
     disconnects: watch::Sender<usize>,
+    /// Health probes answered (never recorded as requests).
+    probes: watch::Sender<usize>,
+    /// Status the health probes get.
+    probe_status: std::sync::atomic::AtomicU16,
 }
 
 impl State {
@@ -333,6 +354,8 @@ impl State {
             connections: AtomicUsize::new(0),
             requests_seen: watch::Sender::new(0),
             disconnects: watch::Sender::new(0),
+            probes: watch::Sender::new(0),
+            probe_status: std::sync::atomic::AtomicU16::new(200),
         }
     }
 
@@ -467,6 +490,18 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
             return;
         };
         let keep_alive = wire.wants_keep_alive();
+        if wire.is_health_probe() {
+            let status = state.probe_status.load(Ordering::SeqCst);
+            let headers = vec![("content-type".to_string(), "application/json".to_string())];
+            let body = br#"{"object":"list","data":[]}"#;
+            let outcome = write_full(&mut conn, &state, status, headers, body).await;
+            state.probes.send_modify(|n| *n += 1);
+            match outcome {
+                Outcome::Answered if keep_alive => continue,
+                Outcome::PeerClosed => return,
+                _ => return conn.shutdown().await,
+            }
+        }
         let request = state.record(wire, connection);
         let behavior = state.behavior.lock().unwrap().clone();
         match respond(&mut conn, &state, behavior, &request).await {
