@@ -211,3 +211,110 @@ fn every_semantic_error_is_reported_at_once_in_file_order() {
     let lines: Vec<u64> = errors(&text).iter().map(|e| e.line).collect();
     assert_eq!(lines, vec![5, 7, 13]);
 }
+
+#[test]
+fn routing_settings_load() {
+    let text = GOOD.replace(
+        "    aliases: [four]\n",
+        "    aliases: [four]\n    fallbacks: [mini]\n    context_window: 128000\n",
+    ) + concat!(
+        "    balance: {strategy: consistent_hash, hash_on: ['header:X-Tenant', 'body:user']}\n",
+        "    health_check: {path: /health, interval: 2s}\n",
+        "    breaker: {enabled: false}\n",
+        "    retry: {attempts: 2, backoff: 10ms}\n",
+        "routing: {max_attempts: 3, deadline: 20s}\n",
+    );
+    let text = text.replace(
+        "pools:\n",
+        "  mini:\n    targets:\n      - pool: openai\npools:\n",
+    );
+    let c = parse(&text, "gw.yaml", Path::new("."), &env).unwrap();
+    let gpt = c.models.iter().find(|m| m.name == "gpt-4o").unwrap();
+    let mini = c.models.iter().position(|m| m.name == "mini").unwrap();
+    assert_eq!(gpt.fallbacks, [mini]);
+    assert_eq!(gpt.context_window, Some(128000));
+    let p = &c.pools[0];
+    assert_eq!(p.balance.strategy, super::Strategy::ConsistentHash);
+    assert_eq!(
+        p.balance.hash_on,
+        [
+            super::HashSource::Header("x-tenant".into()),
+            super::HashSource::BodyUser
+        ]
+    );
+    assert_eq!(
+        p.health_check.as_ref().unwrap().path.as_deref(),
+        Some("/health")
+    );
+    assert!(p.breaker.is_none());
+    assert_eq!(p.retry.attempts, 2);
+    assert_eq!(p.endpoints[0].name, "api.openai.com:443");
+    assert_eq!(c.routing.max_attempts, 3);
+}
+
+#[test]
+fn unknown_fallback() {
+    one_error(
+        &GOOD.replace(
+            "    aliases: [four]\n",
+            "    aliases: [four]\n    fallbacks: [gpt-5]\n",
+        ),
+        6,
+        "models.gpt-4o.fallbacks[0]",
+        "no model named `gpt-5`",
+    );
+}
+
+#[test]
+fn fallback_to_itself() {
+    one_error(
+        &GOOD.replace(
+            "    aliases: [four]\n",
+            "    aliases: [four]\n    fallbacks: [gpt-4o]\n",
+        ),
+        6,
+        "models.gpt-4o.fallbacks[0]",
+        "cannot fall back to itself",
+    );
+}
+
+#[test]
+fn both_api_key_and_api_keys() {
+    one_error(
+        &GOOD.replace(
+            "api_key: ${OPENAI_API_KEY}",
+            "api_key: ${OPENAI_API_KEY}\n        api_keys: [a, b]",
+        ),
+        13,
+        "pools.openai.endpoints[0].api_key",
+        "not both",
+    );
+}
+
+#[test]
+fn bad_hash_source() {
+    one_error(
+        &(GOOD.to_owned() + "    balance: {hash_on: ['cookie:sid']}\n"),
+        14,
+        "pools.openai.balance.hash_on[0]",
+        "`cookie:sid` is not",
+    );
+}
+
+#[test]
+fn ratio_out_of_range() {
+    one_error(
+        &(GOOD.to_owned() + "    breaker: {failure_ratio: 1.5}\n"),
+        14,
+        "pools.openai.breaker.failure_ratio",
+        "at most 1",
+    );
+}
+
+#[test]
+fn unknown_strategy() {
+    let errs = errors(&(GOOD.to_owned() + "    balance: {strategy: random}\n"));
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert_eq!(errs[0].line, 14, "{}", errs[0]);
+    assert!(errs[0].message.contains("round_robin"), "{}", errs[0]);
+}
