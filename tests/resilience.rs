@@ -251,6 +251,13 @@ async fn broken_answers_are_failures_and_retried_before_the_client_sees_them() {
             Behavior::json(200, json!({"pad": "x".repeat(8192)})),
         ),
         ("closed", Behavior::Close),
+        (
+            "truncated",
+            Behavior::Truncated {
+                declared: 400,
+                body: r#"{"id":"chatcmpl-1","object":"chat.completion","choices":["#.into(),
+            },
+        ),
     ];
     for (what, behavior) in cases {
         let broken = MockUpstream::start(behavior);

@@ -60,6 +60,9 @@ pub enum Behavior {
         headers: Vec<(String, String)>,
         body: Bytes,
     },
+    /// A JSON answer whose `Content-Length` promises `declared` bytes, of which only
+    /// `body` is sent before the connection is closed (a truncated response).
+    Truncated { declared: usize, body: Bytes },
     /// Closes the connection without answering.
     Close,
     /// The n-th request this upstream receives gets the n-th behavior; the last repeats.
@@ -535,6 +538,20 @@ async fn respond<S: AsyncRead + AsyncWrite + Unpin>(
             Behavior::Custom(decide) => decide(request),
             Behavior::EchoChat => echo_chat(request),
             Behavior::Close => return Outcome::Close,
+            Behavior::Truncated { declared, body } => {
+                let headers = vec![
+                    ("content-type".to_string(), "application/json".to_string()),
+                    ("content-length".to_string(), declared.to_string()),
+                    state.mock_header(),
+                ];
+                let mut bytes = http1::response_head(200, &headers);
+                bytes.extend_from_slice(&body);
+                if conn.write_all(&bytes).await.is_err() {
+                    state.note_disconnect();
+                    return Outcome::PeerClosed;
+                }
+                return Outcome::Close;
+            }
             Behavior::Json { status, body } => {
                 let headers = vec![("content-type".to_string(), "application/json".to_string())];
                 return write_full(conn, state, status, headers, body.to_string().as_bytes()).await;
