@@ -27,7 +27,7 @@ use crate::openai::{InferenceRequest, Usage};
 use crate::state::State;
 use crate::tokens;
 use crate::upstream::breaker::Admit;
-use crate::upstream::{self, Attempt, Endpoint, Hints, Pool, Sent, balance};
+use crate::upstream::{self, Attempt, Endpoint, Hints, Pool, Sent, StreamMode, balance};
 
 /// Largest upstream error body kept to hand to the client.
 const MAX_ERROR_BODY: usize = 1024 * 1024;
@@ -107,6 +107,12 @@ pub async fn dispatch(
     let mut too_long: Option<(u64, u64)> = None;
     let mut last: Option<LastFailure> = None;
     let mut made = 0u32;
+    // Usage is always asked for, so that every stream is accounted; the client sees it
+    // only if it asked.
+    let stream_mode = StreamMode {
+        strip_usage: req.needs_usage_requested(),
+        keep_text: state.accounting,
+    };
 
     'candidates: for c in candidates {
         if let Some(window) = c.context_window
@@ -124,7 +130,7 @@ pub async fn dispatch(
             return upstream::mock_answer(session, pool, req, c.upstream_model, &ctx.request_id)
                 .await;
         }
-        let body = req.body_with_model(c.upstream_model);
+        let body = req.upstream_body(c.upstream_model, stream_mode.strip_usage);
         let hints = hints(pool, session, req);
         let policy = pool.spec.retry;
         let mut tried: Vec<usize> = Vec::new();
@@ -231,6 +237,7 @@ pub async fn dispatch(
                     pool,
                     &extra,
                     &ctx.request_id,
+                    stream_mode,
                     &mut ctx.delivery,
                 )
                 .await;

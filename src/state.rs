@@ -15,6 +15,9 @@ pub struct State {
     pub pools: Vec<Arc<Pool>>,
     /// When this config was loaded (Unix seconds): the `created` of listed models.
     pub loaded_at: u64,
+    /// Token accounting is on (limits or budgets configured): streams keep their
+    /// generated text so that one cut short can still be counted.
+    pub accounting: bool,
 }
 
 impl State {
@@ -30,6 +33,7 @@ impl State {
             catalog,
             pools,
             loaded_at: crate::openai::unix_now(),
+            accounting: false,
         })
     }
 }

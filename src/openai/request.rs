@@ -60,6 +60,8 @@ pub struct InferenceRequest {
     pub max_tokens: Option<u64>,
     /// Byte range of the input (`messages`, `prompt` or `input`) in `body`.
     input_span: Range<usize>,
+    /// Byte range of the `stream_options` value, when present and not null.
+    stream_options_span: Option<Range<usize>>,
 }
 
 /// The fields read by the gateway, borrowed from the body. Unknown fields are skipped,
@@ -134,6 +136,10 @@ impl InferenceRequest {
                 ));
             }
         };
+        let stream_options_span = fields
+            .stream_options
+            .filter(|raw| raw.get() != "null")
+            .map(|raw| span_of(text, raw.get()));
         let include_usage = match fields.stream_options.map(RawValue::get) {
             None | Some("null") => false,
             Some(raw) => serde_json::from_str::<StreamOptions>(raw)
@@ -199,7 +205,14 @@ impl InferenceRequest {
             user,
             max_tokens,
             input_span,
+            stream_options_span,
         })
+    }
+
+    /// Whether the gateway must ask the upstream for usage itself: a stream whose client
+    /// did not ask for it (`stream_options.include_usage`).
+    pub fn needs_usage_requested(&self) -> bool {
+        self.stream && !self.include_usage && self.api != Api::Embeddings
     }
 
     /// The input (`messages`, `prompt` or `input`) as raw JSON bytes.
@@ -210,16 +223,63 @@ impl InferenceRequest {
     /// The body with `model` replaced; the original bytes everywhere else. Returns the
     /// original buffer (no copy) when the model does not change.
     pub fn body_with_model(&self, model: &str) -> Bytes {
-        if model == self.model {
+        self.upstream_body(model, false)
+    }
+
+    /// The body for an upstream: `model` replaced and, with `ask_usage`,
+    /// `stream_options.include_usage` set to true (other stream options kept); every other
+    /// byte as the client sent it. No copy when nothing changes.
+    pub fn upstream_body(&self, model: &str, ask_usage: bool) -> Bytes {
+        let new_model = (model != self.model)
+            // A Rust string always serializes to a JSON string.
+            .then(|| serde_json::to_string(model).unwrap_or_default());
+        let usage_patch = ask_usage.then(|| self.stream_options_with_usage());
+        if new_model.is_none() && usage_patch.is_none() {
             return self.body.clone();
         }
-        // A Rust string always serializes to a JSON string.
-        let quoted = serde_json::to_string(model).unwrap_or_default();
-        let mut out = BytesMut::with_capacity(self.body.len() + quoted.len());
-        out.extend_from_slice(&self.body[..self.model_span.start]);
-        out.extend_from_slice(quoted.as_bytes());
-        out.extend_from_slice(&self.body[self.model_span.end..]);
+        // Splices in body order; the two spans never overlap.
+        let mut splices: Vec<(Range<usize>, &[u8])> = Vec::with_capacity(2);
+        if let Some(m) = &new_model {
+            splices.push((self.model_span.clone(), m.as_bytes()));
+        }
+        if let Some((range, text)) = &usage_patch {
+            splices.push((range.clone(), text.as_bytes()));
+        }
+        splices.sort_by_key(|(r, _)| r.start);
+        let extra: usize = splices.iter().map(|(_, t)| t.len()).sum();
+        let mut out = BytesMut::with_capacity(self.body.len() + extra);
+        let mut at = 0;
+        for (range, text) in splices {
+            out.extend_from_slice(&self.body[at..range.start]);
+            out.extend_from_slice(text);
+            at = range.end;
+        }
+        out.extend_from_slice(&self.body[at..]);
         out.freeze()
+    }
+
+    /// Where to splice, and what, so that `stream_options.include_usage` is true: a new
+    /// member right after the body's opening brace, or the existing object rewritten.
+    fn stream_options_with_usage(&self) -> (Range<usize>, String) {
+        const ADDED: &str = r#""stream_options":{"include_usage":true},"#;
+        match &self.stream_options_span {
+            Some(span) => {
+                let mut options: serde_json::Map<String, serde_json::Value> =
+                    serde_json::from_slice(&self.body[span.clone()]).unwrap_or_default();
+                options.insert("include_usage".into(), serde_json::Value::Bool(true));
+                let text = serde_json::to_string(&options).unwrap_or_default();
+                (span.clone(), text)
+            }
+            None => {
+                // The body parsed as a JSON object, so its first non-blank byte is `{`.
+                let open = self
+                    .body
+                    .iter()
+                    .position(|&b| b == b'{')
+                    .map_or(0, |i| i + 1);
+                (open..open, ADDED.to_owned())
+            }
+        }
     }
 }
 
@@ -269,6 +329,33 @@ mod tests {
         let req = chat(r#"{"model":"m","messages":[{"role":"user","content":"x"}]}"#).unwrap();
         let out = req.body_with_model("m");
         assert_eq!(out.as_ptr(), req.body.as_ptr());
+    }
+
+    #[test]
+    fn usage_is_requested_without_touching_anything_else() {
+        let body = r#" {"model":"a","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+        let req = chat(body).unwrap();
+        assert!(req.needs_usage_requested());
+        let out = req.upstream_body("b", true);
+        let text = std::str::from_utf8(&out).unwrap();
+        assert_eq!(
+            text,
+            r#" {"stream_options":{"include_usage":true},"model":"b","stream":true,"messages":[{"role":"user","content":"hi"}]}"#
+        );
+        // Existing options are kept.
+        let body = r#"{"stream_options":{"continuous_usage_stats":true,"include_usage":false},"model":"a","stream":true,"messages":[{"role":"user","content":"x"}]}"#;
+        let req = chat(body).unwrap();
+        assert!(req.needs_usage_requested());
+        let v: serde_json::Value = serde_json::from_slice(&req.upstream_body("a", true)).unwrap();
+        assert_eq!(v["stream_options"]["include_usage"], true);
+        assert_eq!(v["stream_options"]["continuous_usage_stats"], true);
+        assert_eq!(v["model"], "a");
+        // A client that asked gets nothing added.
+        let req = chat(r#"{"model":"a","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"x"}]}"#).unwrap();
+        assert!(!req.needs_usage_requested());
+        // Nothing to change: the same buffer.
+        let req = chat(r#"{"model":"a","messages":[{"role":"user","content":"x"}]}"#).unwrap();
+        assert_eq!(req.upstream_body("a", false).as_ptr(), req.body.as_ptr());
     }
 
     #[test]

@@ -21,6 +21,14 @@ pub struct Usage {
     pub total_tokens: u64,
     #[serde(default)]
     pub prompt_tokens_details: Option<PromptDetails>,
+    #[serde(default)]
+    pub completion_tokens_details: Option<CompletionDetails>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub struct CompletionDetails {
+    #[serde(default)]
+    pub reasoning_tokens: u64,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -56,6 +64,81 @@ impl Usage {
 
     pub fn cached_tokens(&self) -> u64 {
         self.prompt_tokens_details.map_or(0, |d| d.cached_tokens)
+    }
+
+    pub fn reasoning_tokens(&self) -> u64 {
+        self.completion_tokens_details
+            .map_or(0, |d| d.reasoning_tokens)
+    }
+}
+
+/// Whether a stream event is the usage-only chunk (`"choices": []` with a usage object)
+/// that `stream_options.include_usage` adds at the end.
+pub fn is_usage_only_chunk(payload: &[u8]) -> bool {
+    #[derive(Deserialize)]
+    struct Chunk {
+        choices: Option<Vec<serde::de::IgnoredAny>>,
+    }
+    Usage::find(payload).is_some()
+        && serde_json::from_slice::<Chunk>(payload)
+            .is_ok_and(|c| c.choices.is_some_and(|ch| ch.is_empty()))
+}
+
+/// Appends the text a stream chunk generated (content, reasoning, tool-call arguments,
+/// or a legacy completion's `text`) to `out`, to count what a cut-short stream produced.
+pub fn append_generated_text(payload: &[u8], out: &mut String) {
+    use std::borrow::Cow;
+    #[derive(Deserialize)]
+    struct Chunk<'a> {
+        #[serde(borrow, default)]
+        choices: Vec<Choice<'a>>,
+    }
+    #[derive(Deserialize)]
+    struct Choice<'a> {
+        #[serde(borrow, default)]
+        delta: Option<Delta<'a>>,
+        #[serde(borrow, default)]
+        text: Option<Cow<'a, str>>,
+    }
+    #[derive(Deserialize)]
+    struct Delta<'a> {
+        #[serde(borrow, default)]
+        content: Option<Cow<'a, str>>,
+        #[serde(borrow, default)]
+        reasoning_content: Option<Cow<'a, str>>,
+        #[serde(borrow, default)]
+        tool_calls: Vec<ToolCall<'a>>,
+    }
+    #[derive(Deserialize)]
+    struct ToolCall<'a> {
+        #[serde(borrow, default)]
+        function: Option<Function<'a>>,
+    }
+    #[derive(Deserialize)]
+    struct Function<'a> {
+        #[serde(borrow, default)]
+        name: Option<Cow<'a, str>>,
+        #[serde(borrow, default)]
+        arguments: Option<Cow<'a, str>>,
+    }
+    let Ok(chunk) = serde_json::from_slice::<Chunk<'_>>(payload) else {
+        return;
+    };
+    for choice in chunk.choices {
+        if let Some(t) = choice.text {
+            out.push_str(&t);
+        }
+        let Some(d) = choice.delta else { continue };
+        for t in [d.content, d.reasoning_content].into_iter().flatten() {
+            out.push_str(&t);
+        }
+        for call in d.tool_calls {
+            if let Some(f) = call.function {
+                for t in [f.name, f.arguments].into_iter().flatten() {
+                    out.push_str(&t);
+                }
+            }
+        }
     }
 }
 
@@ -155,6 +238,24 @@ fn emit_data(event: &[u8], on_data: &mut impl FnMut(&[u8])) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn usage_only_chunks_and_generated_text() {
+        let usage = br#"{"id":"c","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5,"completion_tokens_details":{"reasoning_tokens":1}}}"#;
+        assert!(is_usage_only_chunk(usage));
+        assert_eq!(Usage::find(usage).unwrap().reasoning_tokens(), 1);
+        let content = br#"{"id":"c","choices":[{"index":0,"delta":{"content":"Hi \"there\""}}],"usage":null}"#;
+        assert!(!is_usage_only_chunk(content));
+        let mut text = String::new();
+        append_generated_text(content, &mut text);
+        append_generated_text(
+            br#"{"choices":[{"delta":{"tool_calls":[{"index":0,"function":{"name":"f","arguments":"{\"a\":1}"}}]}}]}"#,
+            &mut text,
+        );
+        append_generated_text(br#"{"choices":[{"text":" done"}]}"#, &mut text);
+        append_generated_text(b"not json", &mut text);
+        assert_eq!(text, r#"Hi "there"f{"a":1} done"#);
+    }
 
     fn events(chunks: &[&[u8]]) -> Vec<String> {
         let mut p = SseParser::new();

@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use super::{Endpoint, Pool};
 use crate::config::Secret;
 use crate::error::GatewayError;
-use crate::openai::{Api, SseParser, Usage};
+use crate::openai::{Api, SseParser, Usage, append_generated_text, is_usage_only_chunk};
 
 /// How long an idle upstream connection stays in the pool.
 const POOLED_IDLE: Duration = Duration::from_secs(60);
@@ -83,6 +83,19 @@ pub struct Delivery {
     pub response_bytes: u64,
     /// Token usage the upstream reported.
     pub usage: Option<Usage>,
+    /// What a stream generated so far, kept when accounting may need to count it (a
+    /// stream cut short reports no usage).
+    pub generated: Option<String>,
+}
+
+/// How a stream is passed on.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StreamMode {
+    /// The gateway asked for usage the client did not: the usage-only chunk is kept
+    /// from the client.
+    pub strip_usage: bool,
+    /// Keep the generated text (see [`Delivery::generated`]).
+    pub keep_text: bool,
 }
 
 /// One attempt: which endpoint, which request, how long it may wait for a header.
@@ -332,6 +345,7 @@ pub async fn deliver_whole(
 /// is an error after the response started (the caller ends the stream with an error
 /// event). The client is watched all along: if it leaves, the upstream request is
 /// cancelled (the connection is dropped, not pooled).
+#[allow(clippy::too_many_arguments)]
 pub async fn deliver_stream(
     connector: &Connector,
     session: &mut Session,
@@ -339,9 +353,13 @@ pub async fn deliver_stream(
     pool: &Pool,
     extra: &[(&'static str, String)],
     request_id: &str,
+    mode: StreamMode,
     out: &mut Delivery,
 ) -> Result<(), GatewayError> {
     out.event_stream = true;
+    if mode.keep_text {
+        out.generated = Some(String::new());
+    }
     let mut h = client_response_header(exchange.header(), request_id, extra)?;
     crate::respond::frame_open_ended_body(session, &mut h)
         .map_err(|e| GatewayError::Internal(format!("framing the response: {e}")))?;
@@ -373,13 +391,35 @@ pub async fn deliver_stream(
                 detail: format!("stream longer than max_response_bytes ({cap})"),
             });
         }
+        // Usually the upstream's bytes go on untouched; when a chunk must be held back,
+        // the stream is re-framed event by event instead.
+        let mut reframed = mode
+            .strip_usage
+            .then(|| BytesMut::with_capacity(chunk.len()));
         parser.feed(&chunk, |data| {
+            let mut keep = true;
             if data == b"[DONE]" {
                 done = true;
             } else if let Some(u) = Usage::find(data) {
                 out.usage = Some(u);
+                keep = !(mode.strip_usage && is_usage_only_chunk(data));
+            } else if let Some(text) = out.generated.as_mut() {
+                append_generated_text(data, text);
+            }
+            if let (Some(buf), true) = (reframed.as_mut(), keep) {
+                for line in data.split(|&b| b == b'\n') {
+                    buf.extend_from_slice(b"data: ");
+                    buf.extend_from_slice(line);
+                    buf.extend_from_slice(b"\n");
+                }
+                buf.extend_from_slice(b"\n");
             }
         });
+        let chunk = match reframed {
+            Some(buf) if buf.is_empty() => continue,
+            Some(buf) => buf.freeze(),
+            None => chunk,
+        };
         if let Err(e) = session.write_response_body(Some(chunk), false).await {
             tracing::debug!(request_id, error = %e, "client gone mid-stream");
             out.client_gone = true;

@@ -28,7 +28,9 @@ use pingora_core::upstreams::peer::HttpPeer;
 use crate::config::{EndpointSpec, PoolSpec, ProviderKind};
 
 pub use balance::Hints;
-pub use forward::{Attempt, Delivery, Exchange, Sent, deliver_stream, deliver_whole, send};
+pub use forward::{
+    Attempt, Delivery, Exchange, Sent, StreamMode, deliver_stream, deliver_whole, send,
+};
 pub use mock::answer as mock_answer;
 
 #[derive(Debug)]

@@ -1,0 +1,80 @@
+//! Token accounting over real sockets: the usage the gateway records is the upstream's,
+//! streams included, without changing what the client sees.
+
+mod common;
+
+use common::openai::*;
+use common::*;
+use serde_json::{Value, json};
+
+fn gateway(upstream: &MockUpstream) -> Gateway {
+    Gateway::start(&format!(
+        "server: {{pid_file: '{{PID_FILE}}', upgrade_sock: '{{UPGRADE_SOCK}}', threads: 2}}\n\
+         listeners:\n  - address: 127.0.0.1:{{PORT}}\n\
+         models:\n  gpt-4o:\n    targets: [{{pool: p}}]\n\
+         pools:\n  p:\n    provider: openai\n    endpoints: [{{url: '{}'}}]\n    health_check: {{enabled: false}}\n",
+        upstream.url()
+    ))
+}
+
+async fn stream(gw: &Gateway, body: Value) -> String {
+    reqwest::Client::new()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn usage_is_asked_for_and_kept_from_a_client_that_did_not_ask() {
+    let upstream = MockUpstream::start(Behavior::EchoChat);
+    let gw = gateway(&upstream);
+    let body = json!({"model": "gpt-4o", "stream": true, "temperature": 0.5,
+        "messages": [{"role": "user", "content": "one two three"}]});
+    let text = stream(&gw, body).await;
+
+    // The upstream was asked for usage, and nothing else changed.
+    let sent: Value = serde_json::from_slice(&upstream.last_request().body).unwrap();
+    assert_eq!(sent["stream_options"], json!({"include_usage": true}));
+    assert_eq!(sent["temperature"], 0.5);
+    // The client sees the stream it asked for: no usage chunk, [DONE] at the end.
+    assert_eq!(sse_content(&text), ECHO_STREAM_PIECES.concat());
+    let events = parse_sse_data(&text);
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    for e in &events[..events.len() - 1] {
+        let v: Value = serde_json::from_str(e).unwrap();
+        assert!(
+            v.get("usage").is_none_or(Value::is_null),
+            "usage leaked: {e}"
+        );
+        assert!(!v["choices"].as_array().unwrap().is_empty(), "{e}");
+    }
+    // The gateway recorded the upstream's usage.
+    let logs = gw.logs();
+    let line = logs.lines().rfind(|l| l.contains("request_id")).unwrap();
+    let (prompt, completion) = ECHO_USAGE;
+    assert!(line.contains(&format!("prompt_tokens={prompt}")), "{line}");
+    assert!(
+        line.contains(&format!("completion_tokens={completion}")),
+        "{line}"
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_asked_for_usage_gets_it_unchanged() {
+    let upstream = MockUpstream::start(Behavior::EchoChat);
+    let gw = gateway(&upstream);
+    let body = json!({"model": "gpt-4o", "stream": true, "stream_options": {"include_usage": true},
+        "messages": [{"role": "user", "content": "one two"}]});
+    let text = stream(&gw, body).await;
+    let sent: Value = serde_json::from_slice(&upstream.last_request().body).unwrap();
+    assert_eq!(sent["stream_options"], json!({"include_usage": true}));
+    let events = parse_sse_data(&text);
+    let usage: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
+    assert_eq!(usage["choices"], json!([]));
+    assert_eq!(usage["usage"]["completion_tokens"], ECHO_USAGE.1);
+}
