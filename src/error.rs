@@ -6,6 +6,7 @@
 
 use bytes::Bytes;
 use serde::Serialize;
+use tollgate_plugin::Rejection;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GatewayError {
@@ -39,6 +40,9 @@ pub enum GatewayError {
     NoHealthyUpstream { model: String, detail: String },
     /// The request does not fit the context window of any model it may go to (400).
     ContextTooLong { tokens: u64, window: u64 },
+    /// A plugin refused the request (401 unknown key, 403 model not allowed, 429 rate
+    /// limit or budget …), with its own OpenAI error and headers.
+    Rejected(Box<Rejection>),
     /// A bug or an impossible state (500).
     Internal(String),
 }
@@ -79,12 +83,24 @@ impl GatewayError {
             GatewayError::UpstreamTimeout { .. } => 504,
             GatewayError::NoHealthyUpstream { .. } => 503,
             GatewayError::ContextTooLong { .. } => 400,
+            GatewayError::Rejected(r) => r.status,
             GatewayError::Internal(_) => 500,
+        }
+    }
+
+    /// Response headers that go with the error (e.g. `retry-after`).
+    pub fn headers(&self) -> &[(&'static str, String)] {
+        match self {
+            GatewayError::Rejected(r) => &r.headers,
+            _ => &[],
         }
     }
 
     /// OpenAI's `error.type`.
     fn kind(&self) -> &'static str {
+        if let GatewayError::Rejected(r) = self {
+            return r.kind;
+        }
         // OpenAI reports every 4xx of this kind (unknown model included) as
         // `invalid_request_error`; 5xx as `server_error`.
         match self.status() {
@@ -110,6 +126,7 @@ impl GatewayError {
             GatewayError::UpstreamTimeout { .. } => "upstream_timeout",
             GatewayError::NoHealthyUpstream { .. } => "no_healthy_upstream",
             GatewayError::ContextTooLong { .. } => "context_length_exceeded",
+            GatewayError::Rejected(r) => r.code,
             GatewayError::Internal(_) => "internal_error",
         }
     }
@@ -162,6 +179,7 @@ impl GatewayError {
                  requested about {tokens} tokens (messages plus max_tokens). Please reduce \
                  the length of the messages or of max_tokens."
             ),
+            GatewayError::Rejected(r) => r.message.clone(),
             GatewayError::Internal(_) => "The gateway failed to handle the request.".into(),
         }
     }

@@ -45,6 +45,9 @@ pub async fn error(session: &mut Session, e: &GatewayError, request_id: &str) ->
     let mut h = header(e.status(), "application/json", request_id)?;
     let body = e.body();
     h.insert_header("content-length", body.len().to_string())?;
+    for (name, value) in e.headers() {
+        h.insert_header(*name, value.as_str())?;
+    }
     if let GatewayError::MethodNotAllowed { path, .. } = e {
         let allow = if path.starts_with("/v1/models") || !path.starts_with("/v1/") {
             "GET, HEAD"
