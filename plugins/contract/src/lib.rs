@@ -14,9 +14,11 @@
 //! Plugins see plain types only — never Pingora's, never a socket — so each one is tested
 //! on its own. The engine turns a [`Rejection`] into an OpenAI error response.
 
+mod local_store;
 mod principal;
 mod store;
 
+pub use local_store::{Clock, LocalStore, ManualClock, SystemClock};
 pub use principal::{ModelFilter, Principal, PrincipalKind};
 pub use store::{Acquire, Acquired, Adjust, Lease, Release, Store, StoreError};
 
