@@ -6,7 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use tollgate_plugin::{Acquire, Acquired, Adjust, Lease, Release, Store};
+use tollgate_plugin::{Acquire, Acquired, Adjust, Lease, Release, Store, StoreError};
 
 use super::*;
 
@@ -529,4 +529,252 @@ async fn a_connection_that_never_answers_is_replaced_after_a_timeout() {
     server.restart();
     assert_eq!(store.get(&keys(&["a"])).await.unwrap(), [0]);
     assert_eq!(held.lock().unwrap().len(), 1);
+}
+
+// === ResilientStore ===
+
+/// Tests' retry interval: short, to keep waits short.
+const RETRY: Duration = Duration::from_millis(500);
+
+fn resilient(server: &RedisServer, on_error: OnError) -> ResilientStore {
+    ResilientStore::new(Arc::new(server.store("t:")), local_store(), on_error, RETRY)
+}
+
+/// Calls `get` until a call reaches Redis again (bounded).
+async fn wait_until_back(store: &ResilientStore) {
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            let _ = store.get(&keys(&["probe"])).await;
+            store.redis_up()
+        })
+        .await,
+        "Redis did not come back"
+    );
+}
+
+#[tokio::test]
+async fn fail_open_serves_from_local_while_redis_is_down_then_returns_to_redis() {
+    let mut server = RedisServer::start();
+    let store = resilient(&server, OnError::FailOpen);
+    let direct = server.store("t:");
+    let window = Some(now_ms() + 60_000);
+    let rpm = |n| [counter("rpm", n, 5, window)];
+
+    assert_eq!(
+        store.acquire(&rpm(2)).await.unwrap(),
+        Acquired::Granted(vec![2])
+    );
+    assert!(store.redis_up());
+
+    server.stop();
+    // Local limits start from nothing: this instance alone enforces 5.
+    assert_eq!(
+        store.acquire(&rpm(3)).await.unwrap(),
+        Acquired::Granted(vec![3])
+    );
+    assert!(!store.redis_up());
+    assert_eq!(store.failures(), 1);
+    assert_eq!(
+        store.acquire(&rpm(2)).await.unwrap(),
+        Acquired::Granted(vec![5])
+    );
+    assert_eq!(
+        store.acquire(&rpm(1)).await.unwrap(),
+        Acquired::Refused {
+            index: 0,
+            current: 5
+        }
+    );
+    // Within the retry interval, calls do not try Redis at all.
+    assert_eq!(store.failures(), 1);
+    assert_eq!(store.bypassed(), 3);
+
+    server.restart();
+    wait_until_back(&store).await;
+    assert!(store.failures() >= 1);
+    // Redis restarted empty (no persistence): calls count there again.
+    assert_eq!(
+        store.acquire(&rpm(4)).await.unwrap(),
+        Acquired::Granted(vec![4])
+    );
+    assert_eq!(direct.get(&keys(&["rpm"])).await.unwrap(), [4]);
+}
+
+#[tokio::test]
+async fn fail_closed_refuses_while_redis_is_down_then_returns_to_redis() {
+    let mut server = RedisServer::start();
+    let store = resilient(&server, OnError::FailClosed);
+    let window = Some(now_ms() + 60_000);
+    let rpm = [counter("rpm", 1, 5, window)];
+
+    assert_eq!(
+        store.acquire(&rpm).await.unwrap(),
+        Acquired::Granted(vec![1])
+    );
+    server.stop();
+    assert!(matches!(store.acquire(&rpm).await, Err(StoreError(_))));
+    assert!(!store.redis_up());
+    assert!(store.get(&keys(&["rpm"])).await.is_err());
+    assert!(
+        store
+            .adjust(&[adjust("rpm", -1, window)], &[])
+            .await
+            .is_err()
+    );
+    assert_eq!(store.failures(), 1, "one failure, then no hammering");
+
+    server.restart();
+    wait_until_back(&store).await;
+    assert_eq!(
+        store.acquire(&rpm).await.unwrap(),
+        Acquired::Granted(vec![1])
+    );
+}
+
+#[tokio::test]
+async fn a_down_redis_is_tried_by_one_call_per_interval() {
+    let mut server = RedisServer::start();
+    let store = Arc::new(resilient(&server, OnError::FailOpen));
+    server.stop();
+    store.get(&keys(&["a"])).await.unwrap();
+    assert_eq!(store.failures(), 1);
+
+    // Many calls over about two intervals: at most one try per interval.
+    let started = Instant::now();
+    while started.elapsed() < RETRY + RETRY / 2 {
+        let calls: Vec<_> = (0..20)
+            .map(|_| {
+                let store = store.clone();
+                tokio::spawn(async move { store.get(&keys(&["a"])).await })
+            })
+            .collect();
+        for call in calls {
+            assert_eq!(call.await.unwrap().unwrap(), [0]);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // One try per interval started, plus the first failure; a stalled machine may
+    // stretch the loop, so the bound follows the time it really took.
+    let intervals = (started.elapsed().as_millis() / RETRY.as_millis()) as u64;
+    let failures = store.failures();
+    assert!(
+        (2..=intervals + 2).contains(&failures),
+        "{failures} tries in {intervals} intervals"
+    );
+}
+
+#[tokio::test]
+async fn leases_granted_locally_are_released_locally_after_redis_returns() {
+    let mut server = RedisServer::start();
+    let store = resilient(&server, OnError::FailOpen);
+    let direct = server.store("t:");
+
+    assert_eq!(
+        store
+            .acquire(&[lease("conc", "r1", 2, 60_000)])
+            .await
+            .unwrap(),
+        Acquired::Granted(vec![1])
+    );
+    server.stop();
+    assert_eq!(
+        store
+            .acquire(&[lease("conc", "r2", 2, 60_000)])
+            .await
+            .unwrap(),
+        Acquired::Granted(vec![1]),
+        "granted by the local store"
+    );
+    server.restart();
+    wait_until_back(&store).await;
+    assert_eq!(store.local.get(&keys(&["conc"])).await.unwrap(), [1]);
+
+    store.adjust(&[], &[release("conc", "r2")]).await.unwrap();
+    assert_eq!(store.local.get(&keys(&["conc"])).await.unwrap(), [0]);
+    assert!(store.local_leases.lock().unwrap().ends.is_empty());
+    // Redis lost its lease with the restart; a new one is counted there.
+    assert_eq!(
+        store
+            .acquire(&[lease("conc", "r3", 2, 60_000)])
+            .await
+            .unwrap(),
+        Acquired::Granted(vec![1])
+    );
+    assert_eq!(direct.get(&keys(&["conc"])).await.unwrap(), [1]);
+}
+
+#[tokio::test]
+async fn a_redis_down_at_startup_fails_open_from_the_first_call() {
+    let mut server = RedisServer::start();
+    server.stop();
+    let store = resilient(&server, OnError::FailOpen);
+    assert_eq!(
+        store
+            .acquire(&[counter("rpm", 1, 1, Some(now_ms() + 60_000))])
+            .await
+            .unwrap(),
+        Acquired::Granted(vec![1])
+    );
+    assert!(!store.redis_up());
+    server.restart();
+    wait_until_back(&store).await;
+}
+
+// === config ===
+
+fn parse(yaml: &str) -> Result<StateConfig, serde_saphyr::Error> {
+    serde_saphyr::from_str(yaml)
+}
+
+#[test]
+fn state_config_defaults_to_local_and_redis_defaults_are_sane() {
+    let config = parse("{}").unwrap();
+    assert_eq!(config, StateConfig::default());
+    assert_eq!(config.backend, Backend::Local);
+    let redis = parse("backend: redis").unwrap().redis;
+    assert_eq!(redis.url, "redis://127.0.0.1:6379");
+    assert_eq!(redis.key_prefix, "tollgate:");
+    assert_eq!(redis.timeout, Duration::from_millis(50));
+    assert_eq!(redis.on_error, OnError::FailOpen);
+}
+
+#[test]
+fn state_config_reads_every_key_and_rejects_unknown_ones() {
+    let config = parse(
+        "backend: redis\n\
+         redis:\n  url: redis://cache:6380/2\n  key_prefix: 'prod:'\n  \
+         timeout: 20ms\n  on_error: fail_closed\n",
+    )
+    .unwrap();
+    assert_eq!(
+        config.redis,
+        RedisConfig {
+            url: "redis://cache:6380/2".into(),
+            key_prefix: "prod:".into(),
+            timeout: Duration::from_millis(20),
+            on_error: OnError::FailClosed,
+        }
+    );
+    assert!(parse("backend: memcached").is_err());
+    assert!(parse("redis: {urls: x}").is_err());
+    assert!(parse("redis: {on_error: ignore}").is_err());
+    assert!(parse("redis: {timeout: 0s}").is_err());
+    assert!(parse("shards: 2").is_err());
+}
+
+#[tokio::test]
+async fn build_gives_the_configured_backend_without_connecting() {
+    let local = build(&StateConfig::default()).unwrap();
+    assert_eq!(local.backend(), "local");
+
+    // Nothing listens there: building must not care.
+    let config = parse("backend: redis\nredis: {url: 'redis://127.0.0.1:1'}").unwrap();
+    let state = build_state(&config).unwrap();
+    assert_eq!(state.store.backend(), "redis");
+    let redis = state.redis.unwrap();
+    assert!(redis.redis_up());
+    assert_eq!(redis.failures(), 0);
+
+    let bad = parse("backend: redis\nredis: {url: 'http://x'}").unwrap();
+    assert!(build(&bad).is_err());
 }
