@@ -24,6 +24,7 @@ pub mod respond;
 pub mod route;
 pub mod server;
 pub mod state;
+pub mod store;
 pub mod tokens;
 pub mod upstream;
 pub mod weighted;

@@ -53,10 +53,16 @@ async fn usage_is_asked_for_and_kept_from_a_client_that_did_not_ask() {
         );
         assert!(!v["choices"].as_array().unwrap().is_empty(), "{e}");
     }
-    // The gateway recorded the upstream's usage.
-    let logs = gw.logs();
-    let line = logs.lines().rfind(|l| l.contains("request_id")).unwrap();
+    // The gateway recorded the upstream's usage (the log line follows the response).
     let (prompt, completion) = ECHO_USAGE;
+    let logged = |l: &str| l.contains("request_id") && l.contains("prompt_tokens");
+    assert!(
+        eventually(std::time::Duration::from_secs(5), || gw.logs().lines().any(logged)).await,
+        "{}",
+        gw.logs()
+    );
+    let logs = gw.logs();
+    let line = logs.lines().rfind(|l| logged(l)).unwrap();
     assert!(line.contains(&format!("prompt_tokens={prompt}")), "{line}");
     assert!(
         line.contains(&format!("completion_tokens={completion}")),
