@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# CPU cost per request of tollgate, independent of wall time: starts the fast mock and a
+# tollgate on loopback, sends a fixed number of requests with bench-client (keep-alive,
+# closed loop), and divides tollgate's utime+stime (/proc), context switches and,
+# optionally, syscalls (strace -c) by the number of requests.
+#
+#   bench/cpu-per-request.sh [nonstream|stream] [requests] [concurrency]
+#
+# Environment: CPR_PORT_BASE (default 29100: mock on +1, tollgate on +200),
+# CPR_STRACE=1 to count syscalls too (slows the run; its CPU figure is then not used),
+# CPR_PERF_RECORD=FILE to record a perf profile of tollgate during the run,
+# TOLLGATE_BIN / UPSTREAM_BIN / CLIENT_BIN to pick binaries (default target/release).
+set -euo pipefail
+
+MODE="${1:-nonstream}"
+REQUESTS="${2:-20000}"
+CONC="${3:-16}"
+BASE="${CPR_PORT_BASE:-29100}"
+MOCK_PORT=$((BASE + 1))
+TG_PORT=$((BASE + 200))
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+REL="${CARGO_TARGET_DIR:-$ROOT/target}/release"
+TOLLGATE_BIN="${TOLLGATE_BIN:-$REL/tollgate}"
+UPSTREAM_BIN="${UPSTREAM_BIN:-$REL/bench-upstream}"
+CLIENT_BIN="${CLIENT_BIN:-$REL/bench-client}"
+DIR="$(mktemp -d /tmp/cpr.XXXXXX)"
+CLK_TCK="$(getconf CLK_TCK)"
+PIDS=()
+
+cleanup() {
+    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+    for p in "${PIDS[@]}"; do
+        for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$p" 2>/dev/null || true
+    done
+    [ -n "${KEEP:-}" ] || rm -rf "$DIR"
+}
+trap cleanup EXIT
+
+wait_port() {
+    for _ in $(seq 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "port $1 did not open" >&2
+    exit 1
+}
+
+cat >"$DIR/tollgate.yaml" <<EOF
+server:
+  threads: ${CPR_THREADS:-2}
+  grace_period_seconds: 1
+  graceful_shutdown_timeout_seconds: 1
+  pid_file: $DIR/tollgate.pid
+  upgrade_sock: $DIR/upgrade.sock
+listeners:
+  - address: 127.0.0.1:$TG_PORT
+limits:
+  max_body_bytes: 16777216
+  body_read_timeout: 30s
+models:
+  bench-fast:
+    targets:
+      - pool: fast
+pools:
+  fast:
+    provider: openai
+    endpoints:
+      - url: http://127.0.0.1:$MOCK_PORT/v1
+        api_key: bench-upstream-key
+    dns_refresh: 30s
+EOF
+
+"$UPSTREAM_BIN" --listen "127.0.0.1:$MOCK_PORT" --chunks 20 >"$DIR/mock.log" 2>&1 &
+PIDS+=($!)
+RUST_LOG="${RUST_LOG:-info}" "$TOLLGATE_BIN" -c "$DIR/tollgate.yaml" >"$DIR/tollgate.out" 2>"$DIR/tollgate.log" &
+TG=$!
+PIDS+=("$TG")
+wait_port "$MOCK_PORT"
+wait_port "$TG_PORT"
+
+stream_flag=(--no-stream)
+[ "$MODE" = stream ] && stream_flag=()
+OHA="${OHA:-$(command -v oha || echo "$ROOT/bench/.tools/bin/oha")}"
+stream_json=false
+[ "$MODE" = stream ] && stream_json=true
+load() {
+    if [ "${CPR_LOAD:-client}" = oha ]; then
+        timeout 120 "$OHA" "http://127.0.0.1:$TG_PORT/v1/chat/completions" -m POST \
+            -H 'content-type: application/json' -H 'authorization: Bearer bench-client-key' \
+            -d "{\"model\":\"bench-fast\",\"messages\":[{\"role\":\"user\",\"content\":\"Say hello in one short sentence.\"}],\"stream\":$stream_json}" \
+            -n "$1" -c "$CONC" --no-tui --output-format json >"$2"
+    else
+        timeout 120 "$CLIENT_BIN" ttft --url "http://127.0.0.1:$TG_PORT/v1/chat/completions" \
+            "${stream_flag[@]}" --requests "$1" --concurrency "$CONC" --timeout-secs 100 >"$2"
+    fi
+}
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$TG/stat"; }
+ctxsw() { awk '/ctxt_switches/ {s += $2} END {print s}' /proc/"$TG"/task/*/status; }
+
+load 2000 /dev/null # warm-up: connections, pools, allocator
+
+t0=$(cpu_ticks); c0=$(ctxsw); l0=$(wc -l <"$DIR/tollgate.log")
+if [ -n "${CPR_PERF_RECORD:-}" ]; then
+    perf record -F 1999 -p "$TG" -o "$CPR_PERF_RECORD" 2>/dev/null &
+    PERF=$!
+    sleep 0.5
+fi
+if [ "${CPR_STRACE:-0}" = 1 ]; then
+    strace -c -f -p "$TG" -o "$DIR/strace.txt" &
+    STRACE=$!
+    sleep 0.5
+fi
+load "$REQUESTS" "$DIR/client.json"
+if [ -n "${STRACE:-}" ]; then kill -INT "$STRACE"; wait "$STRACE" || true; fi
+if [ -n "${PERF:-}" ]; then kill -INT "$PERF"; wait "$PERF" || true; fi
+t1=$(cpu_ticks); c1=$(ctxsw); l1=$(wc -l <"$DIR/tollgate.log")
+sleep 0.3 # buffered access lines reach the log
+l1=$(wc -l <"$DIR/tollgate.log")
+python3 - "$t0" "$t1" "$c0" "$c1" "$REQUESTS" "$CLK_TCK" "$l0" "$l1" <<'PY'
+import sys
+t0, t1, c0, c1, n, tck, l0, l1 = map(int, sys.argv[1:])
+n = l1 - l0 if l1 > l0 else n  # access-log lines: the requests served, warm-up ones included
+print(f"requests {n}")
+print(f"tollgate CPU ms/request {(t1 - t0) * 1000 / tck / n:.4f}  context switches/request {(c1 - c0) / n:.2f}")
+PY
+if [ -f "$DIR/strace.txt" ]; then
+    n=$(( l1 > l0 ? l1 - l0 : REQUESTS ))
+    awk -v n="$n" 'NR > 2 && $NF != "total" && $4 ~ /^[0-9]+$/ {printf "  %-16s %6.2f /request\n", $NF, $4 / n}' "$DIR/strace.txt" | sort -k2 -nr | head -15
+fi
