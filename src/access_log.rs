@@ -12,7 +12,12 @@ pub fn write(session: &Session, e: Option<&Error>, ctx: &RequestCtx) {
     let status = session.response_written().map_or(0, |r| r.status.as_u16());
     let f = &ctx.delivery;
     let last = ctx.attempts.last();
-    let usage = f.usage.unwrap_or_default();
+    // What was charged (the gateway's count for a stream cut short), else what the
+    // upstream reported.
+    let usage = ctx
+        .charged
+        .or_else(|| f.usage.map(|u| u.tokens()))
+        .unwrap_or_default();
     let error = ctx.error.as_ref();
     let client = session
         .client_addr()
@@ -26,6 +31,8 @@ pub fn write(session: &Session, e: Option<&Error>, ctx: &RequestCtx) {
         method = %req.method,
         path = %req.uri.path(),
         route = ctx.route,
+        key_id = ctx.principal.as_ref().map_or("", |p| p.id.as_str()),
+        team = ctx.principal.as_ref().and_then(|p| p.team.as_deref()).unwrap_or(""),
         status,
         model = ctx.model.as_deref().unwrap_or(""),
         upstream_model = ctx.upstream_model.as_deref().unwrap_or(""),
@@ -34,9 +41,11 @@ pub fn write(session: &Session, e: Option<&Error>, ctx: &RequestCtx) {
         endpoint = last.map_or("", |a| a.endpoint_name()),
         attempts = ctx.attempts.len(),
         attempt_log = %AttemptLog(&ctx.attempts),
-        prompt_tokens = usage.prompt_tokens,
-        completion_tokens = usage.completion_tokens,
-        cached_tokens = usage.cached_tokens(),
+        prompt_tokens = usage.prompt,
+        completion_tokens = usage.completion,
+        cached_tokens = usage.cached,
+        reasoning_tokens = usage.reasoning,
+        usage_estimated = ctx.usage_estimated,
         response_bytes = f.response_bytes,
         client_gone = f.client_gone,
         error = error.map_or("", |e| e.code()),

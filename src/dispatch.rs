@@ -229,7 +229,7 @@ pub async fn dispatch(
                 record(ctx, Outcome::Status(status));
                 ctx.served(c);
                 pool.balancer.served(&hints, i);
-                let extra = served_headers(&c, pool, endpoint, made);
+                let extra = served_headers(ctx, &c, pool, endpoint, made);
                 let delivered = upstream::deliver_stream(
                     connector,
                     session,
@@ -316,7 +316,7 @@ pub async fn dispatch(
                     pool.balancer.served(&hints, i);
                     ctx.delivery.usage = Usage::find(&body);
                 }
-                let extra = served_headers(&c, pool, endpoint, made);
+                let extra = served_headers(ctx, &c, pool, endpoint, made);
                 let header = exchange.header().clone();
                 exchange.release(connector).await;
                 return upstream::deliver_whole(
@@ -338,7 +338,8 @@ pub async fn dispatch(
 
     match last {
         Some(LastFailure::Response(header, body)) => {
-            let extra = [("x-tollgate-attempts", made.to_string())];
+            let mut extra = vec![("x-tollgate-attempts", made.to_string())];
+            extra.extend(ctx.admit_headers.iter().cloned());
             upstream::deliver_whole(
                 session,
                 &header,
@@ -368,18 +369,23 @@ impl RequestCtx {
 }
 
 /// The response headers that say what served the request.
+/// Plus the headers the plugins asked for at admission.
 fn served_headers(
+    ctx: &RequestCtx,
     c: &Resolved<'_>,
     pool: &Pool,
     endpoint: &Endpoint,
     attempts: u32,
-) -> [(&'static str, String); 4] {
-    [
+) -> Vec<(&'static str, String)> {
+    let mut h = Vec::with_capacity(4 + ctx.admit_headers.len());
+    h.extend([
         ("x-tollgate-model", c.model.to_owned()),
         ("x-tollgate-pool", pool.spec.name.clone()),
         ("x-tollgate-endpoint", endpoint.spec.name.clone()),
         ("x-tollgate-attempts", attempts.to_string()),
-    ]
+    ]);
+    h.extend(ctx.admit_headers.iter().cloned());
+    h
 }
 
 /// What the pool's strategy needs from the request, and nothing more.

@@ -11,12 +11,15 @@ use bytes::{Bytes, BytesMut};
 use pingora_proxy::Session;
 
 use crate::config::Limits;
+use tollgate_plugin::{Outcome, Principal, Request as PluginRequest, Settle, TokenUsage};
+
 use crate::dispatch::{self, AttemptRecord};
 use crate::error::{GatewayError, error_body};
 use crate::openai::{self, Api, InferenceRequest};
 use crate::respond;
 use crate::route::{self, Route};
 use crate::state::State;
+use crate::tokens;
 use crate::upstream::Delivery;
 
 /// Per-request facts gathered on the way, for the access log.
@@ -31,9 +34,22 @@ pub struct RequestCtx {
     pub served_model: Option<String>,
     /// The model id sent upstream by the answering attempt.
     pub upstream_model: Option<String>,
+    /// Who is calling, once identified.
+    pub principal: Option<Principal>,
+    /// Response headers the plugins asked for at admission (e.g. `x-ratelimit-*`).
+    pub admit_headers: Vec<(&'static str, String)>,
+    /// Reservations to reconcile when the request is over.
+    settles: Settles,
+    /// The prompt's tokens, counted exactly when a stream was cut short (its usage is
+    /// then the gateway's own count).
+    counted_prompt: Option<u64>,
     /// Every upstream attempt, in order.
     pub attempts: Vec<AttemptRecord>,
     pub delivery: Delivery,
+    /// The usage charged to the caller's limits and budgets, once settled.
+    pub charged: Option<TokenUsage>,
+    /// The usage charged was the gateway's count, not the upstream's.
+    pub usage_estimated: bool,
     pub error: Option<GatewayError>,
 }
 
@@ -46,8 +62,14 @@ impl RequestCtx {
             model: None,
             served_model: None,
             upstream_model: None,
+            principal: None,
+            admit_headers: Vec::new(),
+            settles: Settles::default(),
+            counted_prompt: None,
             attempts: Vec::new(),
             delivery: Delivery::default(),
+            charged: None,
+            usage_estimated: false,
             error: None,
         }
     }
@@ -75,6 +97,100 @@ pub async fn handle(
         answer_failure(session, ctx, &e).await;
         ctx.error = Some(e);
     }
+    settle(ctx).await;
+}
+
+/// Who is calling: the first plugin that can tell; without authentication, anonymous.
+async fn identify(state: &State, session: &Session) -> Result<Principal, GatewayError> {
+    let headers = &session.req_header().headers;
+    for plugin in &state.plugins {
+        if let Some(p) = plugin
+            .identify(headers)
+            .await
+            .map_err(|r| GatewayError::Rejected(Box::new(r)))?
+        {
+            return Ok(p);
+        }
+    }
+    Ok(Principal::anonymous())
+}
+
+/// Asks every plugin to let the request through; keeps their headers and reservations.
+async fn admit(
+    state: &State,
+    session: &Session,
+    ctx: &mut RequestCtx,
+    req: &InferenceRequest,
+    model: &str,
+) -> Result<(), GatewayError> {
+    let Some(principal) = ctx.principal.as_ref() else {
+        return Ok(());
+    };
+    let request = PluginRequest {
+        headers: &session.req_header().headers,
+        model,
+        stream: req.stream,
+        // Embeddings generate nothing: no completion to reserve.
+        max_tokens: if req.api == Api::Embeddings {
+            Some(0)
+        } else {
+            req.max_tokens
+        },
+        prompt_tokens: tokens::estimate(req),
+        request_id: &ctx.request_id,
+    };
+    for plugin in &state.plugins {
+        let admission = plugin
+            .admit(&request, principal)
+            .await
+            .map_err(|r| GatewayError::Rejected(Box::new(r)))?;
+        ctx.admit_headers.extend(admission.headers);
+        ctx.settles.0.extend(admission.settle);
+    }
+    Ok(())
+}
+
+/// Reconciles every reservation with what the request used: the upstream's usage, or,
+/// for a stream cut short, the gateway's count of what was streamed (estimated); nothing
+/// if nothing was served.
+async fn settle(ctx: &mut RequestCtx) {
+    if ctx.settles.0.is_empty() {
+        return;
+    }
+    let d = &ctx.delivery;
+    let (usage, estimated) = match (&d.usage, &d.generated) {
+        (Some(u), _) => (Some(u.tokens()), false),
+        (None, Some(text)) if d.response_started => (
+            Some(TokenUsage {
+                prompt: ctx.counted_prompt.unwrap_or(0),
+                completion: tokens::count(text),
+                cached: 0,
+                reasoning: 0,
+            }),
+            true,
+        ),
+        _ => (None, false),
+    };
+    ctx.usage_estimated = estimated;
+    let outcome = Outcome {
+        usage,
+        estimated,
+        served_model: ctx.served_model.as_deref(),
+    };
+    for s in std::mem::take(&mut ctx.settles.0) {
+        s.settle(&outcome).await;
+    }
+    ctx.charged = usage;
+}
+
+/// The plugins' reservations of one request.
+#[derive(Default)]
+struct Settles(Vec<Box<dyn Settle>>);
+
+impl std::fmt::Debug for Settles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} reservation(s)", self.0.len())
+    }
 }
 
 async fn serve(
@@ -87,6 +203,9 @@ async fn serve(
     let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
     let route = route::route(&req.method, path)?;
     ctx.route = route.name();
+    if !matches!(route, Route::Health | Route::Ready) {
+        ctx.principal = Some(identify(state, session).await?);
+    }
     let id = ctx.request_id.as_str();
     let written =
         |e: Box<pingora_error::Error>| GatewayError::BodyIncomplete(format!("client gone: {e}"));
@@ -113,7 +232,12 @@ async fn serve(
                 .map_err(written)
         }
         Route::ListModels => {
-            let body = openai::model_list(state.catalog.list(), state.loaded_at);
+            let allowed = ctx.principal.as_ref().map(|p| &p.models);
+            let visible = state
+                .catalog
+                .list()
+                .filter(|(name, _)| allowed.is_none_or(|m| m.allows(name)));
+            let body = openai::model_list(visible, state.loaded_at);
             respond::json(session, 200, body, id).await.map_err(written)
         }
         Route::GetModel(name) => {
@@ -138,7 +262,17 @@ async fn infer(
     let body = read_body(session, &state.config.limits).await?;
     let req = InferenceRequest::parse(api, body)?;
     ctx.model = Some(req.model.clone());
-    dispatch::dispatch(state, connector, session, ctx, &req).await
+    let (model, _) = state
+        .catalog
+        .describe(&req.model)
+        .ok_or_else(|| GatewayError::UnknownModel(req.model.clone()))?;
+    admit(state, session, ctx, &req, model).await?;
+    let result = dispatch::dispatch(state, connector, session, ctx, &req).await;
+    if ctx.delivery.usage.is_none() && ctx.delivery.generated.is_some() {
+        // A stream cut short: its charge is the gateway's own count.
+        ctx.counted_prompt = Some(tokens::prompt_tokens(&req));
+    }
+    result
 }
 
 /// Reads the whole request body, refusing it as soon as it is known to exceed `limit`

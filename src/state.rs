@@ -3,11 +3,13 @@
 
 use std::sync::Arc;
 
+use tollgate_plugin::Plugin;
+
 use crate::catalog::Catalog;
 use crate::config::Config;
+use crate::store::SharedState;
 use crate::upstream::Pool;
 
-#[derive(Debug)]
 pub struct State {
     pub config: Arc<Config>,
     pub catalog: Catalog,
@@ -18,11 +20,27 @@ pub struct State {
     /// Token accounting is on (limits or budgets configured): streams keep their
     /// generated text so that one cut short can still be counted.
     pub accounting: bool,
+    /// The policy plugins, in request-path order (authentication, then limits).
+    pub plugins: Vec<Arc<dyn Plugin>>,
+    /// Where limits and budgets are counted.
+    pub shared: SharedState,
 }
 
 impl State {
     pub fn build(config: Config) -> Result<State, String> {
         let catalog = Catalog::new(&config);
+        let shared = crate::store::build_state(&config.state).map_err(|e| e.to_string())?;
+        let mut plugins: Vec<Arc<dyn Plugin>> = Vec::new();
+        if let Some(auth) = &config.auth {
+            plugins.push(auth.0.clone());
+        }
+        let accounting = config.quotas.is_some();
+        if let Some(quotas) = &config.quotas {
+            plugins.push(Arc::new(tollgate_limits::LimitsPlugin::new(
+                quotas.clone(),
+                shared.store.clone(),
+            )));
+        }
         let pools = config
             .pools
             .iter()
@@ -33,7 +51,9 @@ impl State {
             catalog,
             pools,
             loaded_at: crate::openai::unix_now(),
-            accounting: false,
+            accounting,
+            plugins,
+            shared,
         })
     }
 }

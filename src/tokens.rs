@@ -49,7 +49,14 @@ pub fn prompt_tokens(req: &InferenceRequest) -> u64 {
     }
 }
 
-fn count(text: &str) -> u64 {
+/// The cheap estimate used at admission (about four bytes a token of input); the
+/// reservation it makes is trued up from the real usage afterwards.
+pub fn estimate(req: &InferenceRequest) -> u64 {
+    bytes_estimate(req.input())
+}
+
+/// Tokens of a text (`o200k_base`).
+pub fn count(text: &str) -> u64 {
     tiktoken_rs::o200k_base_singleton()
         .encode_ordinary(text)
         .len() as u64

@@ -57,7 +57,11 @@ async fn usage_is_asked_for_and_kept_from_a_client_that_did_not_ask() {
     let (prompt, completion) = ECHO_USAGE;
     let logged = |l: &str| l.contains("request_id") && l.contains("prompt_tokens");
     assert!(
-        eventually(std::time::Duration::from_secs(5), || gw.logs().lines().any(logged)).await,
+        eventually(std::time::Duration::from_secs(5), || gw
+            .logs()
+            .lines()
+            .any(logged))
+        .await,
         "{}",
         gw.logs()
     );

@@ -37,6 +37,13 @@ pub struct FileConfig {
     pub pools: Spanned<BTreeMap<String, PoolSection>>,
     #[serde(default)]
     pub routing: RoutingSection,
+    /// Who may call (the auth plugin's section); absent: the gateway is open.
+    pub auth: Option<tollgate_auth::AuthConfig>,
+    /// Rate limits and budgets (the limits plugin's section).
+    pub quotas: Option<tollgate_limits::QuotasConfig>,
+    /// Where limits and budgets are counted: in process, or in a shared Redis.
+    #[serde(default)]
+    pub state: crate::store::StateConfig,
 }
 
 /// Bounds on what one request may cost in retries and fallbacks.

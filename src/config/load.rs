@@ -187,6 +187,11 @@ impl Validator<'_> {
         let models = self.models(&raw.models, &pool_index);
         let pools = self.pools(&raw.pools);
         let routing = self.routing(&raw.routing);
+        let auth = raw.auth.and_then(|a| self.auth(a));
+        let quotas = raw.quotas.and_then(|q| self.quotas(q, &models));
+        if let Err(e) = crate::store::build(&raw.state) {
+            self.error(Location::UNKNOWN, "state.redis.url", e.to_string());
+        }
         Config {
             source: self.file.to_owned(),
             server,
@@ -195,6 +200,53 @@ impl Validator<'_> {
             models,
             pools,
             routing,
+            auth,
+            quotas,
+            state: raw.state,
+        }
+    }
+
+    fn auth(&mut self, mut a: tollgate_auth::AuthConfig) -> Option<super::Auth> {
+        a.expand_secrets(|raw, path| self.expand_env(raw, path));
+        match tollgate_auth::AuthPlugin::build(&a, self.base_dir) {
+            Ok(plugin) => Some(super::Auth(std::sync::Arc::new(plugin))),
+            Err(problems) => {
+                for p in problems {
+                    self.errors.push(ConfigError {
+                        file: self.file.to_owned(),
+                        line: p.line,
+                        column: p.column,
+                        path: p.path,
+                        message: p.message,
+                    });
+                }
+                None
+            }
+        }
+    }
+
+    fn quotas(
+        &mut self,
+        q: tollgate_limits::QuotasConfig,
+        models: &[Model],
+    ) -> Option<tollgate_limits::Quotas> {
+        for (path, model) in q.referenced_models() {
+            if !models.iter().any(|m| m.name == model) {
+                self.error(
+                    Location::UNKNOWN,
+                    path,
+                    format!("no model named `{model}` under `models`"),
+                );
+            }
+        }
+        match q.build() {
+            Ok(quotas) => (!quotas.is_empty()).then_some(quotas),
+            Err(problems) => {
+                for p in problems {
+                    self.error(Location::UNKNOWN, p.path, p.message);
+                }
+                None
+            }
         }
     }
 

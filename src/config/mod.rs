@@ -27,6 +27,21 @@ pub struct Config {
     /// In file order (sorted by name); targets refer to pools by index.
     pub pools: Vec<PoolSpec>,
     pub routing: Routing,
+    /// The authentication plugin, built and checked; `None`: no `auth` section.
+    pub auth: Option<Auth>,
+    /// Rate limits and budgets, checked; `None`: none configured.
+    pub quotas: Option<tollgate_limits::Quotas>,
+    pub state: crate::store::StateConfig,
+}
+
+/// The built authentication plugin (it holds key digests and JWT keys, never shown).
+#[derive(Clone)]
+pub struct Auth(pub std::sync::Arc<tollgate_auth::AuthPlugin>);
+
+impl fmt::Debug for Auth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Auth(..)")
+    }
 }
 
 /// Per-request bounds on retries and fallbacks.

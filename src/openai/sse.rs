@@ -70,6 +70,16 @@ impl Usage {
         self.completion_tokens_details
             .map_or(0, |d| d.reasoning_tokens)
     }
+
+    /// As the plugins see it.
+    pub fn tokens(&self) -> tollgate_plugin::TokenUsage {
+        tollgate_plugin::TokenUsage {
+            prompt: self.prompt_tokens,
+            completion: self.completion_tokens,
+            cached: self.cached_tokens(),
+            reasoning: self.reasoning_tokens(),
+        }
+    }
 }
 
 /// Whether a stream event is the usage-only chunk (`"choices": []` with a usage object)
