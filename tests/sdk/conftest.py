@@ -3,11 +3,17 @@
 The gateway binary is $TOLLGATE_BIN (default: target/debug/tollgate under the repo root).
 It runs on a free loopback port with the model set of conf/gateway.yaml, all answered by
 the built-in `mock` provider, so no network and no provider key are involved.
+
+Tests that need another configuration (authentication, quotas, a real `openai` pool) start
+their own gateway through the `start_gateway` fixture, which takes the YAML below the
+`server:`/`listeners:` sections; `fake_upstream` is an OpenAI-compatible server in this
+process (see upstream.py) for such pools to forward to.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -21,10 +27,15 @@ from pathlib import Path
 import openai
 import pytest
 
+import upstream
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STARTUP_TIMEOUT_S = 15.0
 STOP_TIMEOUT_S = 10.0
 LOG_TAIL_LINES = 40
+# One `key=value` or `key="quoted value"` field of an access log line (error_detail, the
+# last free-text field, is not needed by any test and may hold spaces unquoted).
+ACCESS_FIELD = re.compile(r'(\w+)=("[^"]*"|\S*)')
 
 # What the tests expect of the mock provider (see CONFIG_TEMPLATE).
 EMBEDDING_DIMS = 16
@@ -33,9 +44,9 @@ CHAT_ALIAS = "mini"
 CHAT_TARGET_MODEL = "mock-small"
 EMBEDDING_MODEL = "text-embedding-3-small"
 
-# conf/gateway.yaml's model set, on a port and with pid/socket paths of the test's own.
+# Every test gateway's process settings: its own port and pid/socket paths.
 # grace_period_seconds: 0 so that stopping the gateway does not wait for idle connections.
-CONFIG_TEMPLATE = """\
+SERVER_TEMPLATE = """\
 server:
   pid_file: {pid_file}
   upgrade_sock: {upgrade_sock}
@@ -44,6 +55,10 @@ server:
   graceful_shutdown_timeout_seconds: 1
 listeners:
   - address: 127.0.0.1:{port}
+"""
+
+# conf/gateway.yaml's model set (the session gateway's config, below SERVER_TEMPLATE).
+CONFIG_TEMPLATE = """\
 models:
   gpt-4o-mini:
     aliases: [mini]
@@ -79,8 +94,27 @@ class Gateway:
         tail = text.splitlines()[-lines:]
         return "\n".join(tail) if tail else "(gateway printed nothing)"
 
+    def access_log(self, **match: object) -> list[dict[str, str]]:
+        """The access log lines written so far, as {field: value} (quotes removed), keeping
+        those whose fields equal every `match` value (compared as strings)."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return []
+        entries = []
+        for line in text.splitlines():
+            if " access: request " not in line:
+                continue
+            fields = dict(
+                (k, v.strip('"')) for k, v in ACCESS_FIELD.findall(line.split(" access: request ", 1)[1])
+            )
+            if all(fields.get(k) == str(v) for k, v in match.items()):
+                entries.append(fields)
+        return entries
 
-_GATEWAY: Gateway | None = None
+
+# Every gateway running, for the failure report hook.
+_GATEWAYS: list[Gateway] = []
 
 
 def _free_port() -> int:
@@ -117,17 +151,17 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.wait(timeout=STOP_TIMEOUT_S)
 
 
-def _start(binary: Path, workdir: Path, attempt: int) -> Gateway:
+def _start(binary: Path, workdir: Path, name: str, body: str) -> Gateway:
     port = _free_port()
-    config_path = workdir / f"gateway-{attempt}.yaml"
-    log_path = workdir / f"gateway-{attempt}.log"
+    config_path = workdir / f"{name}.yaml"
+    log_path = workdir / f"{name}.log"
     config_path.write_text(
-        CONFIG_TEMPLATE.format(
+        SERVER_TEMPLATE.format(
             port=port,
-            pid_file=workdir / f"tollgate-{attempt}.pid",
-            upgrade_sock=workdir / f"tollgate-{attempt}.sock",
-            dims=EMBEDDING_DIMS,
+            pid_file=workdir / f"{name}.pid",
+            upgrade_sock=workdir / f"{name}.sock",
         )
+        + body
     )
     env = dict(os.environ)
     env.setdefault("RUST_BACKTRACE", "1")
@@ -154,9 +188,9 @@ def _start(binary: Path, workdir: Path, attempt: int) -> Gateway:
     return gw
 
 
-@pytest.fixture(scope="session")
-def gateway(tmp_path_factory: pytest.TempPathFactory) -> Gateway:
-    global _GATEWAY
+def _launch(workdir: Path, name: str, body: str) -> Gateway:
+    """Starts a gateway on `body` (the YAML below server/listeners) and waits for /health;
+    fails the test with the gateway's output when it does not come up."""
     binary = _binary()
     if not binary.is_file() or not os.access(binary, os.X_OK):
         pytest.fail(
@@ -164,13 +198,12 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Gateway:
             "(or set TOLLGATE_BIN)",
             pytrace=False,
         )
-    workdir = Path(tempfile.mkdtemp(prefix="tollgate-sdk-", dir=tmp_path_factory.getbasetemp()))
-
     gw = None
     for attempt in range(1, 4):
-        gw = _start(binary, workdir, attempt)
+        gw = _start(binary, workdir, f"{name}-{attempt}", body)
         if gw.process.poll() is None and _health_ok(gw.base_url):
-            break
+            _GATEWAYS.append(gw)
+            return gw
         exited = gw.process.poll()
         _stop(gw.process)
         # A port taken between _free_port() and the gateway's bind is worth another try;
@@ -185,17 +218,62 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Gateway:
             f"--- gateway output ({gw.log_path}) ---\n{gw.log_tail()}",
             pytrace=False,
         )
-    assert gw is not None
-    _GATEWAY = gw
+    raise AssertionError("unreachable")
+
+
+def _shutdown(gw: Gateway) -> None:
+    _stop(gw.process)
+    if gw in _GATEWAYS:
+        _GATEWAYS.remove(gw)
+    code = gw.process.returncode
+    # Died during the session rather than being stopped by us: make that visible.
+    if code not in (0, -signal.SIGINT, -signal.SIGKILL, 128 + signal.SIGINT):
+        print(f"\ntollgate exited with {code}; output:\n{gw.log_tail()}")
+
+
+@pytest.fixture(scope="session")
+def sdk_workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return Path(tempfile.mkdtemp(prefix="tollgate-sdk-", dir=tmp_path_factory.getbasetemp()))
+
+
+@pytest.fixture(scope="session")
+def gateway(sdk_workdir: Path) -> Gateway:
+    gw = _launch(sdk_workdir, "gateway", CONFIG_TEMPLATE.format(dims=EMBEDDING_DIMS))
     try:
         yield gw
     finally:
-        _stop(gw.process)
-        _GATEWAY = None
-        code = gw.process.returncode
-        # Died during the session rather than being stopped by us: make that visible.
-        if code not in (0, -signal.SIGINT, -signal.SIGKILL, 128 + signal.SIGINT):
-            print(f"\ntollgate exited with {code}; output:\n{gw.log_tail()}")
+        _shutdown(gw)
+
+
+@pytest.fixture(scope="session")
+def start_gateway(sdk_workdir: Path):
+    """A function that starts a gateway on the given YAML (every section but `server` and
+    `listeners`, which the harness writes) and returns its Gateway; every gateway started
+    this way is stopped at the end of the session."""
+    started: list[Gateway] = []
+    names: dict[str, int] = {}
+
+    def start(body: str, name: str = "custom") -> Gateway:
+        names[name] = names.get(name, 0) + 1
+        gw = _launch(sdk_workdir, f"{name}{names[name]}", body)
+        started.append(gw)
+        return gw
+
+    try:
+        yield start
+    finally:
+        for gw in started:
+            _shutdown(gw)
+
+
+@pytest.fixture(scope="session")
+def fake_upstream() -> upstream.FakeUpstream:
+    """An OpenAI-compatible upstream in this process, for `provider: openai` pools."""
+    up = upstream.start()
+    try:
+        yield up
+    finally:
+        up.stop()
 
 
 @pytest.fixture(scope="session")
@@ -214,6 +292,7 @@ def client(gateway: Gateway) -> openai.OpenAI:
 def pytest_runtest_makereport(item, call):
     """Attach the tail of the gateway's output to every failing test's report."""
     report = yield
-    if report.failed and _GATEWAY is not None:
-        report.sections.append(("tollgate output (tail)", _GATEWAY.log_tail()))
+    if report.failed:
+        for gw in _GATEWAYS:
+            report.sections.append((f"tollgate output (tail of {gw.log_path.name})", gw.log_tail()))
     return report
