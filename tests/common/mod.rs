@@ -7,6 +7,7 @@
 //!   it received, when each streamed chunk was sent, and when the gateway hung up.
 //! - [`TestCa`]: a certificate authority made at run time, for TLS upstreams and listeners.
 //! - [`Gateway`]: the real `tollgate` binary, run as a child process on a free port.
+//! - [`RedisServer`]: a `redis-server` on a free port, stopped and restarted at will.
 //! - [`openai`]: builders for OpenAI response bodies and SSE events, and an SSE parser.
 //! - [`free_port`], [`raw_request`], [`wait_until`], [`eventually`]: small utilities.
 //!
@@ -21,6 +22,7 @@
 mod gateway;
 mod http1;
 pub mod openai;
+mod redis_server;
 mod tls;
 mod upstream;
 
@@ -30,6 +32,7 @@ use std::time::{Duration, Instant};
 
 pub use gateway::{Gateway, fill_placeholders};
 pub use openai::{parse_sse_data, sse_chat_chunk};
+pub use redis_server::{RedisServer, RedisValue};
 pub use tls::{IssuedCert, TestCa};
 pub use upstream::{Behavior, MOCK_HEADER, MockUpstream, RecordedRequest, StreamLog};
 
