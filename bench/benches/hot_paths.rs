@@ -72,5 +72,91 @@ fn sse_parse_with_usage(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, parse_and_rewrite, sse_parse_with_usage);
+/// Identifying a caller by API key among 1,000 configured keys (hash, map lookup,
+/// constant-time compare), the way every request starts when auth is on.
+fn key_lookup(c: &mut Criterion) {
+    let mut yaml = String::from("keys:\n");
+    for i in 0..1000 {
+        yaml.push_str(&format!(
+            "  - {{id: key-{i}, secret: sk-bench-{i:06}-abcdefghijklmnop, team: t{}}}\n",
+            i % 10
+        ));
+    }
+    let config: tollgate_auth::AuthConfig = serde_saphyr::from_str(&yaml).unwrap();
+    let plugin = tollgate_auth::AuthPlugin::build(&config, std::path::Path::new(".")).unwrap();
+    let mut headers = http::HeaderMap::new();
+    headers.insert(
+        "authorization",
+        "Bearer sk-bench-000777-abcdefghijklmnop".parse().unwrap(),
+    );
+    c.bench_function("key_lookup_1000_keys", |b| {
+        b.iter(|| black_box(plugin.authenticate(black_box(&headers)).unwrap().unwrap()))
+    });
+}
+
+/// One admission and its settlement with the in-process store: RPM, TPM, concurrency
+/// and a USD budget on the key, a token budget on its team — one acquire, one adjust.
+fn limiter_check(c: &mut Criterion) {
+    use std::sync::Arc;
+    use tollgate_plugin::{Outcome, Plugin, Principal, PrincipalKind, Request, TokenUsage};
+
+    let yaml = "
+keys:
+  k1: {rpm: 1000000000, tpm: 1000000000000, concurrency: 100000, budgets: [{usd: 1000000000, window: day}]}
+teams:
+  t1: {budgets: [{tokens: 1000000000000, window: month}]}
+prices:
+  gpt-4o: {input: 2.5, output: 10, cached_input: 1.25}
+";
+    let config: tollgate_limits::QuotasConfig = serde_saphyr::from_str(yaml).unwrap();
+    let store = Arc::new(tollgate_plugin::LocalStore::new());
+    let plugin = tollgate_limits::LimitsPlugin::new(config.build().unwrap(), store);
+    let principal = Principal {
+        kind: PrincipalKind::ApiKey,
+        id: "k1".into(),
+        team: Some("t1".into()),
+        tier: None,
+        models: tollgate_plugin::ModelFilter::any(),
+    };
+    let headers = http::HeaderMap::new();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let usage = TokenUsage {
+        prompt: 120,
+        completion: 80,
+        cached: 0,
+        reasoning: 0,
+    };
+    c.bench_function("limiter_admit_and_settle", |b| {
+        b.to_async(&runtime).iter(|| async {
+            let request = Request {
+                headers: &headers,
+                model: "gpt-4o",
+                stream: false,
+                max_tokens: Some(256),
+                prompt_tokens: 120,
+                request_id: "bench-request",
+            };
+            let admission = plugin.admit(&request, &principal).await.unwrap();
+            let outcome = Outcome {
+                usage: Some(usage),
+                estimated: false,
+                served_model: Some("gpt-4o"),
+            };
+            for s in admission.settle {
+                s.settle(&outcome).await;
+            }
+        })
+    });
+}
+
+criterion_group!(
+    benches,
+    parse_and_rewrite,
+    sse_parse_with_usage,
+    key_lookup,
+    limiter_check
+);
 criterion_main!(benches);
