@@ -145,7 +145,7 @@ prices:
                 estimated: false,
                 served_model: Some("gpt-4o"),
             };
-            for s in admission.settle {
+            if let Some(s) = admission.settle {
                 s.settle(&outcome).await;
             }
         })
