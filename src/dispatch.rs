@@ -127,8 +127,17 @@ pub async fn dispatch(
         let pool = &state.pools[c.pool];
         if pool.is_mock() {
             ctx.served(c);
-            return upstream::mock_answer(session, pool, req, c.upstream_model, &ctx.request_id)
-                .await;
+            let extra = served_headers(ctx, &c, pool, None, 0);
+            return upstream::mock_answer(
+                session,
+                pool,
+                req,
+                c.upstream_model,
+                &ctx.request_id,
+                &extra,
+                &mut ctx.delivery,
+            )
+            .await;
         }
         let body = req.upstream_body(c.upstream_model, stream_mode.strip_usage);
         let hints = hints(pool, session, req);
@@ -229,7 +238,7 @@ pub async fn dispatch(
                 record(ctx, Outcome::Status(status));
                 ctx.served(c);
                 pool.balancer.served(&hints, i);
-                let extra = served_headers(ctx, &c, pool, endpoint, made);
+                let extra = served_headers(ctx, &c, pool, Some(endpoint), made);
                 let delivered = upstream::deliver_stream(
                     connector,
                     session,
@@ -316,7 +325,7 @@ pub async fn dispatch(
                     pool.balancer.served(&hints, i);
                     ctx.delivery.usage = Usage::find(&body);
                 }
-                let extra = served_headers(ctx, &c, pool, endpoint, made);
+                let extra = served_headers(ctx, &c, pool, Some(endpoint), made);
                 let header = exchange.header().clone();
                 exchange.release(connector).await;
                 return upstream::deliver_whole(
@@ -369,21 +378,22 @@ impl RequestCtx {
 }
 
 /// The response headers that say what served the request.
-/// Plus the headers the plugins asked for at admission.
+/// Plus the headers the plugins asked for at admission. A `mock` pool has no endpoint
+/// and makes no upstream attempt.
 fn served_headers(
     ctx: &RequestCtx,
     c: &Resolved<'_>,
     pool: &Pool,
-    endpoint: &Endpoint,
+    endpoint: Option<&Endpoint>,
     attempts: u32,
 ) -> Vec<(&'static str, String)> {
     let mut h = Vec::with_capacity(4 + ctx.admit_headers.len());
-    h.extend([
-        ("x-tollgate-model", c.model.to_owned()),
-        ("x-tollgate-pool", pool.spec.name.clone()),
-        ("x-tollgate-endpoint", endpoint.spec.name.clone()),
-        ("x-tollgate-attempts", attempts.to_string()),
-    ]);
+    h.push(("x-tollgate-model", c.model.to_owned()));
+    h.push(("x-tollgate-pool", pool.spec.name.clone()));
+    if let Some(e) = endpoint {
+        h.push(("x-tollgate-endpoint", e.spec.name.clone()));
+    }
+    h.push(("x-tollgate-attempts", attempts.to_string()));
     h.extend(ctx.admit_headers.iter().cloned());
     h
 }

@@ -34,6 +34,9 @@ pub struct RequestCtx {
     pub served_model: Option<String>,
     /// The model id sent upstream by the answering attempt.
     pub upstream_model: Option<String>,
+    /// Unique per request, whatever the client sent as `x-request-id`: what plugins key
+    /// per-request state on (e.g. concurrency leases).
+    pub internal_id: String,
     /// Who is calling, once identified.
     pub principal: Option<Principal>,
     /// Response headers the plugins asked for at admission (e.g. `x-ratelimit-*`).
@@ -62,6 +65,7 @@ impl RequestCtx {
             model: None,
             served_model: None,
             upstream_model: None,
+            internal_id: String::new(),
             principal: None,
             admit_headers: Vec::new(),
             settles: Settles::default(),
@@ -89,7 +93,8 @@ pub async fn handle(
     session: &mut Session,
     ctx: &mut RequestCtx,
 ) {
-    ctx.request_id = request_id(session);
+    ctx.internal_id = uuid::Uuid::new_v4().simple().to_string();
+    ctx.request_id = request_id(session, &ctx.internal_id);
     // Bytes of a client's next request that arrive while this one is still answered are
     // kept for it, rather than read as a protocol error while the client is watched.
     session.as_downstream_mut().set_pipelining_enabled(true);
@@ -137,7 +142,7 @@ async fn admit(
             req.max_tokens
         },
         prompt_tokens: tokens::estimate(req),
-        request_id: &ctx.request_id,
+        request_id: &ctx.internal_id,
     };
     for plugin in &state.plugins {
         let admission = plugin
@@ -241,9 +246,15 @@ async fn serve(
             respond::json(session, 200, body, id).await.map_err(written)
         }
         Route::GetModel(name) => {
+            // A model the caller may not use does not exist for it (as OpenAI answers).
             let (model, owned_by) = state
                 .catalog
                 .describe(&name)
+                .filter(|(model, _)| {
+                    ctx.principal
+                        .as_ref()
+                        .is_none_or(|p| p.models.allows(model))
+                })
                 .ok_or_else(|| GatewayError::UnknownModel(name.clone()))?;
             let body = openai::model_object(model, owned_by, state.loaded_at);
             respond::json(session, 200, body, id).await.map_err(written)
@@ -387,8 +398,9 @@ async fn discard_unread_body(session: &mut Session) {
     let _ = tokio::time::timeout(LINGER_TOTAL, drain).await;
 }
 
-/// The client's `x-request-id` if it is sane (short, token characters), else a new one.
-fn request_id(session: &Session) -> String {
+/// The client's `x-request-id` if it is sane (short, token characters), else the
+/// gateway's own id for the request.
+fn request_id(session: &Session, own: &str) -> String {
     let given = session
         .req_header()
         .headers
@@ -400,8 +412,5 @@ fn request_id(session: &Session) -> String {
                 && v.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
         });
-    match given {
-        Some(id) => id.to_owned(),
-        None => uuid::Uuid::new_v4().simple().to_string(),
-    }
+    given.unwrap_or(own).to_owned()
 }

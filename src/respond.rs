@@ -28,8 +28,22 @@ pub async fn json(
     body: Bytes,
     request_id: &str,
 ) -> WriteResult {
+    json_with(session, status, body, request_id, &[]).await
+}
+
+/// A complete JSON response with `extra` headers.
+pub async fn json_with(
+    session: &mut Session,
+    status: u16,
+    body: Bytes,
+    request_id: &str,
+    extra: &[(&'static str, String)],
+) -> WriteResult {
     let mut h = header(status, "application/json", request_id)?;
     h.insert_header("content-length", body.len().to_string())?;
+    for (name, value) in extra {
+        h.insert_header(*name, value.as_str())?;
+    }
     let head_only = session.req_header().method == http::Method::HEAD;
     session
         .write_response_header(Box::new(h), head_only)
@@ -66,10 +80,17 @@ pub async fn error(session: &mut Session, e: &GatewayError, request_id: &str) ->
     session.write_response_body(Some(body), true).await
 }
 
-/// Starts a `text/event-stream` response.
-pub async fn sse_start(session: &mut Session, request_id: &str) -> WriteResult {
+/// Starts a `text/event-stream` response with `extra` headers.
+pub async fn sse_start(
+    session: &mut Session,
+    request_id: &str,
+    extra: &[(&'static str, String)],
+) -> WriteResult {
     let mut h = header(200, "text/event-stream", request_id)?;
     h.insert_header("cache-control", "no-cache")?;
+    for (name, value) in extra {
+        h.insert_header(*name, value.as_str())?;
+    }
     frame_open_ended_body(session, &mut h)?;
     session.write_response_header(Box::new(h), false).await
 }

@@ -1066,7 +1066,6 @@ async fn auth_refusals_over_sockets_charge_nothing() {
 /// The concurrency lease is named by the request id, and the gateway takes the client's
 /// `x-request-id` when it is sane: two requests sent with the same id share one lease.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "gateway bug: requests sharing a client x-request-id share one concurrency lease"]
 async fn concurrency_limit_holds_for_requests_sharing_an_x_request_id() {
     let upstream = MockUpstream::start(Behavior::sse(slow_chunks(100), Duration::from_millis(200)));
     let redis = RedisServer::start();

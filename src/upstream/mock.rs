@@ -10,21 +10,25 @@ use bytes::Bytes;
 use pingora_proxy::Session;
 use serde_json::{Value, json};
 
+use super::Delivery;
 use super::Pool;
 use crate::error::GatewayError;
-use crate::openai::{Api, InferenceRequest, unix_now};
+use crate::openai::{Api, InferenceRequest, Usage, unix_now};
 use crate::respond;
 
 /// Longest echo, in words: the reply stays small whatever the prompt size.
 const MAX_REPLY_WORDS: usize = 64;
 
-/// Answers `req` (already routed to `upstream_model`) on `session`.
+/// Answers `req` (already routed to `upstream_model`) on `session`, with `extra`
+/// response headers; records the usage it reports in `out`, as for a real upstream.
 pub async fn answer(
     session: &mut Session,
     pool: &Pool,
     req: &InferenceRequest,
     upstream_model: &str,
     request_id: &str,
+    extra: &[(&'static str, String)],
+    out: &mut Delivery,
 ) -> Result<(), GatewayError> {
     // The gateway checked the body is JSON; a full parse can still refuse it (nesting
     // deeper than 128), as a real upstream would.
@@ -41,7 +45,10 @@ pub async fn answer(
     match req.api {
         Api::Embeddings => {
             let response = embeddings(&body, upstream_model, settings.embedding_dims)?;
-            respond::json(session, 200, response, request_id)
+            out.usage = Usage::find(&response);
+            out.response_bytes = response.len() as u64;
+            out.response_started = true;
+            respond::json_with(session, 200, response, request_id, extra)
                 .await
                 .map_err(write_err)
         }
@@ -49,16 +56,25 @@ pub async fn answer(
             check_messages(&body)?;
             let prompt = prompt_text(req.api, &body);
             let words = reply_words(&prompt);
+            let counted = Usage {
+                prompt_tokens: count_tokens(&prompt) as u64,
+                completion_tokens: words.len() as u64,
+                total_tokens: (count_tokens(&prompt) + words.len()) as u64,
+                ..Usage::default()
+            };
+            out.usage = Some(counted);
             let usage = json!({
-                "prompt_tokens": count_tokens(&prompt),
-                "completion_tokens": words.len(),
-                "total_tokens": count_tokens(&prompt) + words.len(),
+                "prompt_tokens": counted.prompt_tokens,
+                "completion_tokens": counted.completion_tokens,
+                "total_tokens": counted.total_tokens,
             });
             if req.stream {
                 let chunks = stream_chunks(req, &id, upstream_model, &words, usage);
-                respond::sse_start(session, request_id)
+                out.event_stream = true;
+                respond::sse_start(session, request_id, extra)
                     .await
                     .map_err(write_err)?;
+                out.response_started = true;
                 for (i, chunk) in chunks.iter().enumerate() {
                     if i > 0 && !settings.chunk_delay.is_zero() {
                         tokio::time::sleep(settings.chunk_delay).await;
@@ -70,7 +86,9 @@ pub async fn answer(
                 respond::sse_done(session).await.map_err(write_err)
             } else {
                 let response = complete(req.api, &id, upstream_model, &words.concat(), usage);
-                respond::json(session, 200, response, request_id)
+                out.response_bytes = response.len() as u64;
+                out.response_started = true;
+                respond::json_with(session, 200, response, request_id, extra)
                     .await
                     .map_err(write_err)
             }
