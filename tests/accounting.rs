@@ -88,3 +88,47 @@ async fn a_client_that_asked_for_usage_gets_it_unchanged() {
     assert_eq!(usage["choices"], json!([]));
     assert_eq!(usage["usage"]["completion_tokens"], ECHO_USAGE.1);
 }
+
+#[tokio::test]
+async fn a_stream_cut_short_is_charged_what_was_streamed_counted_by_the_gateway() {
+    let upstream = MockUpstream::start(Behavior::SseAbort {
+        chunks: vec![
+            sse_chat_chunk("c1", "Hello"),
+            sse_chat_chunk("c1", " world, this is"),
+            sse_chat_chunk("c1", " cut short"),
+        ],
+        delay_between: std::time::Duration::from_millis(5),
+    });
+    let gw = Gateway::start(&format!(
+        "server: {{pid_file: '{{PID_FILE}}', upgrade_sock: '{{UPGRADE_SOCK}}', threads: 2}}\n\
+         listeners:\n  - address: 127.0.0.1:{{PORT}}\n\
+         models:\n  gpt-4o:\n    targets: [{{pool: p}}]\n\
+         pools:\n  p:\n    provider: openai\n    endpoints: [{{url: '{}'}}]\n    health_check: {{enabled: false}}\n\
+         quotas:\n  keys:\n    anonymous: {{budgets: [{{tokens: 1000000, window: lifetime}}]}}\n",
+        upstream.url()
+    ));
+    let body = json!({"model": "gpt-4o", "stream": true,
+        "messages": [{"role": "user", "content": "Hello world"}]});
+    let text = stream(&gw, body).await;
+    assert_eq!(sse_content(&text), "Hello world, this is cut short");
+    let events = parse_sse_data(&text);
+    let last: Value = serde_json::from_str(events.last().unwrap()).unwrap();
+    assert!(last["error"].is_object(), "{text}");
+
+    // Charged: the streamed text counted with o200k ("Hello world, this is cut short"
+    // is 7 tokens), the prompt counted exactly (3 per message + "user" 1 + "Hello
+    // world" 2 + 3 for the reply = 9), marked estimated.
+    let logged = |l: &str| l.contains("route=\"chat_completions\"");
+    assert!(
+        eventually(std::time::Duration::from_secs(5), || gw
+            .logs()
+            .lines()
+            .any(logged))
+        .await
+    );
+    let logs = gw.logs();
+    let line = logs.lines().rfind(|l| logged(l)).unwrap();
+    assert!(line.contains("usage_estimated=true"), "{line}");
+    assert!(line.contains("completion_tokens=7"), "{line}");
+    assert!(line.contains("prompt_tokens=9"), "{line}");
+}
