@@ -8,6 +8,8 @@
 //! loop, whose body replay stops at 64 KiB. Bodies of any size up to the configured limit
 //! take the same path.
 
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -383,14 +385,14 @@ pub async fn deliver_stream(
                 return Ok(());
             }
         };
-        let Some(chunk) = read else { break };
-        out.response_bytes += chunk.len() as u64;
+        let Some(first) = read else { break };
+        out.response_bytes += first.len() as u64;
         if out.response_bytes > cap {
-            return Err(GatewayError::UpstreamProtocol {
-                pool: pool.spec.name.clone(),
-                detail: format!("stream longer than max_response_bytes ({cap})"),
-            });
+            return Err(stream_too_long(pool, cap));
         }
+        // What else has arrived already goes to the client in the same write.
+        let (chunk, after) =
+            gather_arrived(&mut exchange.conn, first, pool, &mut out.response_bytes);
         // Usually the upstream's bytes go on untouched; when a chunk must be held back,
         // the stream is re-framed event by event instead.
         let mut reframed = mode
@@ -416,14 +418,22 @@ pub async fn deliver_stream(
             }
         });
         let chunk = match reframed {
-            Some(buf) if buf.is_empty() => continue,
             Some(buf) => buf.freeze(),
             None => chunk,
         };
-        if let Err(e) = session.write_response_body(Some(chunk), false).await {
+        if !chunk.is_empty()
+            && let Err(e) = session.write_response_body(Some(chunk), false).await
+        {
             tracing::debug!(request_id, error = %e, "client gone mid-stream");
             out.client_gone = true;
             return Ok(());
+        }
+        match after {
+            Gathered::More => {}
+            Gathered::End => break,
+            // Reported only now, once what arrived before it has gone on, as when each
+            // chunk was sent on its own.
+            Gathered::Failed(e) => return Err(e),
         }
         if exchange.conn.response_done() {
             break;
@@ -442,6 +452,74 @@ pub async fn deliver_stream(
     }
     exchange.release(connector).await;
     Ok(())
+}
+
+/// The error of a stream that passed `max_response_bytes`.
+fn stream_too_long(pool: &Pool, cap: u64) -> GatewayError {
+    GatewayError::UpstreamProtocol {
+        pool: pool.spec.name.clone(),
+        detail: format!("stream longer than max_response_bytes ({cap})"),
+    }
+}
+
+/// At most this many bytes are gathered into one client write.
+const GATHER_LIMIT: usize = 64 * 1024;
+
+/// How gathering the body chunks that had already arrived ended.
+enum Gathered {
+    /// Nothing more had arrived: the body goes on.
+    More,
+    /// The body ended.
+    End,
+    /// Reading failed, or the next chunk would pass `max_response_bytes`.
+    Failed(GatewayError),
+}
+
+/// `first`, followed by the body chunks that have already arrived (up to
+/// [`GATHER_LIMIT`]), without waiting for any: each read is polled once, and the first
+/// that would wait ends the gathering. Each chunk is counted in `counted`, checked
+/// against the pool's `max_response_bytes` as it comes; a chunk past it is not kept.
+fn gather_arrived(
+    conn: &mut HttpSession,
+    first: Bytes,
+    pool: &Pool,
+    counted: &mut u64,
+) -> (Bytes, Gathered) {
+    let cap = pool.spec.max_response_bytes as u64;
+    let mut gathered: Option<BytesMut> = None;
+    let mut after = Gathered::More;
+    let mut cx = Context::from_waker(Waker::noop());
+    while !conn.response_done()
+        && gathered.as_ref().map_or(first.len(), BytesMut::len) < GATHER_LIMIT
+    {
+        let read = pin!(conn.read_response_body()).poll(&mut cx);
+        match read {
+            // A read that would wait is dropped; the next one starts where it was.
+            Poll::Pending => break,
+            Poll::Ready(Ok(None)) => {
+                after = Gathered::End;
+                break;
+            }
+            Poll::Ready(Err(e)) => {
+                after = Gathered::Failed(exchange_error(pool, &e, "reading the response body"));
+                break;
+            }
+            Poll::Ready(Ok(Some(chunk))) => {
+                *counted += chunk.len() as u64;
+                if *counted > cap {
+                    after = Gathered::Failed(stream_too_long(pool, cap));
+                    break;
+                }
+                let buf = gathered.get_or_insert_with(|| {
+                    let mut buf = BytesMut::with_capacity(first.len() + chunk.len());
+                    buf.extend_from_slice(&first);
+                    buf
+                });
+                buf.extend_from_slice(&chunk);
+            }
+        }
+    }
+    (gathered.map_or(first, BytesMut::freeze), after)
 }
 
 async fn send_and_read_header(
