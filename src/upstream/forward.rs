@@ -15,10 +15,12 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use pingora_core::connectors::http::Connector;
 use pingora_core::protocols::http::client::HttpSession;
+use pingora_core::protocols::http::v1;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::ErrorType;
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::Session;
+use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 
 use super::{Endpoint, Pool};
@@ -157,7 +159,7 @@ pub async fn send(
     // only when it is used. Such a failure, before any response byte, is retried once
     // on a fresh connection.
     for _ in 0..2 {
-        let (mut conn, reused) = connector
+        let (conn, reused) = connector
             .get_http_session(&peer)
             .await
             .map_err(|e| connect_error(pool, &e))?;
@@ -165,7 +167,8 @@ pub async fn send(
             deadline.saturating_duration_since(Instant::now()),
             // Only a reused connection may need a second try, and so its own copy.
             send_and_read_header(
-                &mut conn,
+                conn,
+                &peer,
                 if reused {
                     request.clone()
                 } else {
@@ -182,12 +185,12 @@ pub async fn send(
             }
         };
         match sent {
-            Ok(Ok(())) if conn.response_header().is_none() => {
+            Ok(Ok(conn)) if conn.response_header().is_none() => {
                 return Err(GatewayError::Internal(
                     "no response header after reading it".into(),
                 ));
             }
-            Ok(Ok(())) => {
+            Ok(Ok(conn)) => {
                 return Ok(Sent::Answer(Box::new(Exchange {
                     conn,
                     peer,
@@ -522,18 +525,72 @@ fn gather_arrived(
     (gathered.map_or(first, BytesMut::freeze), after)
 }
 
+/// Writes the request and reads the response header; gives the session back on success.
 async fn send_and_read_header(
-    conn: &mut HttpSession,
+    conn: HttpSession,
+    peer: &HttpPeer,
     request: Option<RequestHeader>,
     body: Bytes,
-) -> pingora_error::Result<()> {
+) -> pingora_error::Result<HttpSession> {
     let request = request.ok_or_else(|| {
         pingora_error::Error::explain(ErrorType::InternalError, "upstream request already sent")
     })?;
-    conn.write_request_header(Box::new(request)).await?;
-    conn.write_request_body(body, true).await?;
-    conn.finish_request_body().await?;
-    conn.read_response_header().await
+    let mut conn = match conn {
+        HttpSession::H1(h1) => HttpSession::H1(send_h1(h1, peer, &request, &body).await?),
+        mut other => {
+            other.write_request_header(Box::new(request)).await?;
+            other.write_request_body(body, true).await?;
+            other.finish_request_body().await?;
+            other
+        }
+    };
+    conn.read_response_header().await?;
+    Ok(conn)
+}
+
+/// Sends an HTTP/1 request, header and body, in one write, where Pingora's session writes
+/// (and flushes) them one after the other. The session is then made anew on the same
+/// stream to read the response. It has no record of the request written, which is what
+/// Pingora looks at to frame the response to a `HEAD` (never sent here: always `POST`), to
+/// detect an upgrade (`upgrade`/`connection` are never forwarded) and to honour a request's
+/// `connection: close` (never forwarded either), so the response is read, and the
+/// connection kept alive or not, as before.
+async fn send_h1(
+    h1: v1::client::HttpSession,
+    peer: &HttpPeer,
+    request: &RequestHeader,
+    body: &[u8],
+) -> pingora_error::Result<v1::client::HttpSession> {
+    let mut wire = v1::client::http_req_header_to_wire(request).ok_or_else(|| {
+        pingora_error::Error::explain(
+            ErrorType::InvalidHTTPHeader,
+            "request line with a forbidden byte or an unsupported HTTP version",
+        )
+    })?;
+    wire.extend_from_slice(body);
+    let (read_timeout, write_timeout) = (h1.read_timeout, h1.write_timeout);
+    let mut stream = h1.into_inner();
+    let write = async {
+        stream.write_all(&wire).await?;
+        stream.flush().await
+    };
+    match write_timeout {
+        Some(t) => match tokio::time::timeout(t, write).await {
+            Ok(written) => written,
+            Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+        },
+        None => write.await,
+    }
+    .map_err(|e| match e.kind() {
+        std::io::ErrorKind::TimedOut => {
+            pingora_error::Error::because(ErrorType::WriteTimedout, "writing the request", e)
+        }
+        _ => pingora_error::Error::because(ErrorType::WriteError, "writing the request", e),
+    })?;
+    let mut h1 = v1::client::HttpSession::new_with_options(stream, peer);
+    h1.read_timeout = read_timeout;
+    h1.write_timeout = write_timeout;
+    Ok(h1)
 }
 
 /// The upstream request line and headers: the client's headers minus those in
