@@ -20,6 +20,7 @@ use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::ErrorType;
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::Session;
+use pingora_timeout::fast_timeout::fast_timeout;
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 
@@ -163,7 +164,7 @@ pub async fn send(
             .get_http_session(&peer)
             .await
             .map_err(|e| connect_error(pool, &e))?;
-        let exchange = tokio::time::timeout(
+        let exchange = fast_timeout(
             deadline.saturating_duration_since(Instant::now()),
             // Only a reused connection may need a second try, and so its own copy.
             send_and_read_header(
@@ -300,11 +301,13 @@ async fn read_chunk(
     idle: Duration,
     deadline: Instant,
 ) -> Result<Option<Bytes>, GatewayError> {
-    let wait = idle.min(deadline.saturating_duration_since(Instant::now()));
-    match tokio::time::timeout(wait, conn.read_response_body()).await {
+    let left = deadline.saturating_duration_since(Instant::now());
+    // The coarse timer may fire a millisecond or so either side of the wait, so which
+    // limit ran out is told by which was the shorter.
+    match fast_timeout(idle.min(left), conn.read_response_body()).await {
         Err(_) => Err(GatewayError::UpstreamTimeout {
             pool: pool.spec.name.clone(),
-            detail: if Instant::now() >= deadline {
+            detail: if left <= idle {
                 format!(
                     "response not complete within {:?}",
                     pool.spec.timeouts.total
@@ -575,7 +578,7 @@ async fn send_h1(
         stream.flush().await
     };
     match write_timeout {
-        Some(t) => match tokio::time::timeout(t, write).await {
+        Some(t) => match fast_timeout(t, write).await {
             Ok(written) => written,
             Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
         },
