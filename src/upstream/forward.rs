@@ -8,15 +8,20 @@
 //! loop, whose body replay stops at 64 KiB. Bodies of any size up to the configured limit
 //! take the same path.
 
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use pingora_core::connectors::http::Connector;
 use pingora_core::protocols::http::client::HttpSession;
+use pingora_core::protocols::http::v1;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::ErrorType;
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::Session;
+use pingora_timeout::fast_timeout::fast_timeout;
+use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 
 use super::{Endpoint, Pool};
@@ -155,15 +160,16 @@ pub async fn send(
     // only when it is used. Such a failure, before any response byte, is retried once
     // on a fresh connection.
     for _ in 0..2 {
-        let (mut conn, reused) = connector
+        let (conn, reused) = connector
             .get_http_session(&peer)
             .await
             .map_err(|e| connect_error(pool, &e))?;
-        let exchange = tokio::time::timeout(
+        let exchange = fast_timeout(
             deadline.saturating_duration_since(Instant::now()),
             // Only a reused connection may need a second try, and so its own copy.
             send_and_read_header(
-                &mut conn,
+                conn,
+                &peer,
                 if reused {
                     request.clone()
                 } else {
@@ -180,12 +186,12 @@ pub async fn send(
             }
         };
         match sent {
-            Ok(Ok(())) if conn.response_header().is_none() => {
+            Ok(Ok(conn)) if conn.response_header().is_none() => {
                 return Err(GatewayError::Internal(
                     "no response header after reading it".into(),
                 ));
             }
-            Ok(Ok(())) => {
+            Ok(Ok(conn)) => {
                 return Ok(Sent::Answer(Box::new(Exchange {
                     conn,
                     peer,
@@ -295,11 +301,13 @@ async fn read_chunk(
     idle: Duration,
     deadline: Instant,
 ) -> Result<Option<Bytes>, GatewayError> {
-    let wait = idle.min(deadline.saturating_duration_since(Instant::now()));
-    match tokio::time::timeout(wait, conn.read_response_body()).await {
+    let left = deadline.saturating_duration_since(Instant::now());
+    // The coarse timer may fire a millisecond or so either side of the wait, so which
+    // limit ran out is told by which was the shorter.
+    match fast_timeout(idle.min(left), conn.read_response_body()).await {
         Err(_) => Err(GatewayError::UpstreamTimeout {
             pool: pool.spec.name.clone(),
-            detail: if Instant::now() >= deadline {
+            detail: if left <= idle {
                 format!(
                     "response not complete within {:?}",
                     pool.spec.timeouts.total
@@ -383,14 +391,14 @@ pub async fn deliver_stream(
                 return Ok(());
             }
         };
-        let Some(chunk) = read else { break };
-        out.response_bytes += chunk.len() as u64;
+        let Some(first) = read else { break };
+        out.response_bytes += first.len() as u64;
         if out.response_bytes > cap {
-            return Err(GatewayError::UpstreamProtocol {
-                pool: pool.spec.name.clone(),
-                detail: format!("stream longer than max_response_bytes ({cap})"),
-            });
+            return Err(stream_too_long(pool, cap));
         }
+        // What else has arrived already goes to the client in the same write.
+        let (chunk, after) =
+            gather_arrived(&mut exchange.conn, first, pool, &mut out.response_bytes);
         // Usually the upstream's bytes go on untouched; when a chunk must be held back,
         // the stream is re-framed event by event instead.
         let mut reframed = mode
@@ -416,14 +424,22 @@ pub async fn deliver_stream(
             }
         });
         let chunk = match reframed {
-            Some(buf) if buf.is_empty() => continue,
             Some(buf) => buf.freeze(),
             None => chunk,
         };
-        if let Err(e) = session.write_response_body(Some(chunk), false).await {
+        if !chunk.is_empty()
+            && let Err(e) = session.write_response_body(Some(chunk), false).await
+        {
             tracing::debug!(request_id, error = %e, "client gone mid-stream");
             out.client_gone = true;
             return Ok(());
+        }
+        match after {
+            Gathered::More => {}
+            Gathered::End => break,
+            // Reported only now, once what arrived before it has gone on, as when each
+            // chunk was sent on its own.
+            Gathered::Failed(e) => return Err(e),
         }
         if exchange.conn.response_done() {
             break;
@@ -444,18 +460,140 @@ pub async fn deliver_stream(
     Ok(())
 }
 
-async fn send_and_read_header(
+/// The error of a stream that passed `max_response_bytes`.
+fn stream_too_long(pool: &Pool, cap: u64) -> GatewayError {
+    GatewayError::UpstreamProtocol {
+        pool: pool.spec.name.clone(),
+        detail: format!("stream longer than max_response_bytes ({cap})"),
+    }
+}
+
+/// At most this many bytes are gathered into one client write.
+const GATHER_LIMIT: usize = 64 * 1024;
+
+/// How gathering the body chunks that had already arrived ended.
+enum Gathered {
+    /// Nothing more had arrived: the body goes on.
+    More,
+    /// The body ended.
+    End,
+    /// Reading failed, or the next chunk would pass `max_response_bytes`.
+    Failed(GatewayError),
+}
+
+/// `first`, followed by the body chunks that have already arrived (up to
+/// [`GATHER_LIMIT`]), without waiting for any: each read is polled once, and the first
+/// that would wait ends the gathering. Each chunk is counted in `counted`, checked
+/// against the pool's `max_response_bytes` as it comes; a chunk past it is not kept.
+fn gather_arrived(
     conn: &mut HttpSession,
+    first: Bytes,
+    pool: &Pool,
+    counted: &mut u64,
+) -> (Bytes, Gathered) {
+    let cap = pool.spec.max_response_bytes as u64;
+    let mut gathered: Option<BytesMut> = None;
+    let mut after = Gathered::More;
+    let mut cx = Context::from_waker(Waker::noop());
+    while !conn.response_done()
+        && gathered.as_ref().map_or(first.len(), BytesMut::len) < GATHER_LIMIT
+    {
+        let read = pin!(conn.read_response_body()).poll(&mut cx);
+        match read {
+            // A read that would wait is dropped; the next one starts where it was.
+            Poll::Pending => break,
+            Poll::Ready(Ok(None)) => {
+                after = Gathered::End;
+                break;
+            }
+            Poll::Ready(Err(e)) => {
+                after = Gathered::Failed(exchange_error(pool, &e, "reading the response body"));
+                break;
+            }
+            Poll::Ready(Ok(Some(chunk))) => {
+                *counted += chunk.len() as u64;
+                if *counted > cap {
+                    after = Gathered::Failed(stream_too_long(pool, cap));
+                    break;
+                }
+                let buf = gathered.get_or_insert_with(|| {
+                    let mut buf = BytesMut::with_capacity(first.len() + chunk.len());
+                    buf.extend_from_slice(&first);
+                    buf
+                });
+                buf.extend_from_slice(&chunk);
+            }
+        }
+    }
+    (gathered.map_or(first, BytesMut::freeze), after)
+}
+
+/// Writes the request and reads the response header; gives the session back on success.
+async fn send_and_read_header(
+    conn: HttpSession,
+    peer: &HttpPeer,
     request: Option<RequestHeader>,
     body: Bytes,
-) -> pingora_error::Result<()> {
+) -> pingora_error::Result<HttpSession> {
     let request = request.ok_or_else(|| {
         pingora_error::Error::explain(ErrorType::InternalError, "upstream request already sent")
     })?;
-    conn.write_request_header(Box::new(request)).await?;
-    conn.write_request_body(body, true).await?;
-    conn.finish_request_body().await?;
-    conn.read_response_header().await
+    let mut conn = match conn {
+        HttpSession::H1(h1) => HttpSession::H1(send_h1(h1, peer, &request, &body).await?),
+        mut other => {
+            other.write_request_header(Box::new(request)).await?;
+            other.write_request_body(body, true).await?;
+            other.finish_request_body().await?;
+            other
+        }
+    };
+    conn.read_response_header().await?;
+    Ok(conn)
+}
+
+/// Sends an HTTP/1 request, header and body, in one write, where Pingora's session writes
+/// (and flushes) them one after the other. The session is then made anew on the same
+/// stream to read the response. It has no record of the request written, which is what
+/// Pingora looks at to frame the response to a `HEAD` (never sent here: always `POST`), to
+/// detect an upgrade (`upgrade`/`connection` are never forwarded) and to honour a request's
+/// `connection: close` (never forwarded either), so the response is read, and the
+/// connection kept alive or not, as before.
+async fn send_h1(
+    h1: v1::client::HttpSession,
+    peer: &HttpPeer,
+    request: &RequestHeader,
+    body: &[u8],
+) -> pingora_error::Result<v1::client::HttpSession> {
+    let mut wire = v1::client::http_req_header_to_wire(request).ok_or_else(|| {
+        pingora_error::Error::explain(
+            ErrorType::InvalidHTTPHeader,
+            "request line with a forbidden byte or an unsupported HTTP version",
+        )
+    })?;
+    wire.extend_from_slice(body);
+    let (read_timeout, write_timeout) = (h1.read_timeout, h1.write_timeout);
+    let mut stream = h1.into_inner();
+    let write = async {
+        stream.write_all(&wire).await?;
+        stream.flush().await
+    };
+    match write_timeout {
+        Some(t) => match fast_timeout(t, write).await {
+            Ok(written) => written,
+            Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+        },
+        None => write.await,
+    }
+    .map_err(|e| match e.kind() {
+        std::io::ErrorKind::TimedOut => {
+            pingora_error::Error::because(ErrorType::WriteTimedout, "writing the request", e)
+        }
+        _ => pingora_error::Error::because(ErrorType::WriteError, "writing the request", e),
+    })?;
+    let mut h1 = v1::client::HttpSession::new_with_options(stream, peer);
+    h1.read_timeout = read_timeout;
+    h1.write_timeout = write_timeout;
+    Ok(h1)
 }
 
 /// The upstream request line and headers: the client's headers minus those in
