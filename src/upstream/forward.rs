@@ -16,7 +16,6 @@ use bytes::{Bytes, BytesMut};
 use pingora_core::connectors::http::Connector;
 use pingora_core::protocols::http::client::HttpSession;
 use pingora_core::protocols::http::v1;
-use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::ErrorType;
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::Session;
@@ -24,6 +23,7 @@ use pingora_timeout::fast_timeout::fast_timeout;
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 
+use super::peer::UpstreamPeer;
 use super::{Endpoint, Pool};
 use crate::config::Secret;
 use crate::error::GatewayError;
@@ -118,7 +118,7 @@ pub struct Attempt<'a> {
 /// An upstream response whose header has arrived and whose body has not been read.
 pub struct Exchange {
     conn: HttpSession,
-    peer: HttpPeer,
+    peer: UpstreamPeer,
     /// From sending the request to the response header.
     pub took: Duration,
 }
@@ -531,7 +531,7 @@ fn gather_arrived(
 /// Writes the request and reads the response header; gives the session back on success.
 async fn send_and_read_header(
     conn: HttpSession,
-    peer: &HttpPeer,
+    peer: &UpstreamPeer,
     request: Option<RequestHeader>,
     body: Bytes,
 ) -> pingora_error::Result<HttpSession> {
@@ -560,7 +560,7 @@ async fn send_and_read_header(
 /// connection kept alive or not, as before.
 async fn send_h1(
     h1: v1::client::HttpSession,
-    peer: &HttpPeer,
+    peer: &UpstreamPeer,
     request: &RequestHeader,
     body: &[u8],
 ) -> pingora_error::Result<v1::client::HttpSession> {

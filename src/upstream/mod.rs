@@ -15,6 +15,7 @@ pub mod health;
 mod keys;
 pub mod load;
 mod mock;
+mod peer;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -156,7 +157,7 @@ impl Pool {
     /// The Pingora peer for one of this pool's endpoints at `addr`: certificate and
     /// host name checks with the pool's CAs, its connect timeout, and how long an idle
     /// connection is kept.
-    fn peer(&self, endpoint: &Endpoint, addr: SocketAddr, idle: Duration) -> HttpPeer {
+    fn peer(&self, endpoint: &Endpoint, addr: SocketAddr, idle: Duration) -> peer::UpstreamPeer {
         let mut peer = HttpPeer::new(addr, endpoint.spec.tls, endpoint.spec.host.clone());
         let o = &mut peer.options;
         o.connection_timeout = Some(self.spec.timeouts.connect);
@@ -166,7 +167,7 @@ impl Pool {
         o.verify_cert = true;
         o.verify_hostname = true;
         o.ca = self.ca.clone();
-        peer
+        peer::UpstreamPeer(peer)
     }
 
     pub fn is_mock(&self) -> bool {
