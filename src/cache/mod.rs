@@ -1,0 +1,3 @@
+//! The response cache (exact match). For now its key: what identifies an answer.
+
+pub mod key;
