@@ -7,9 +7,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use pingora_proxy::Session;
 
+use crate::body::BodyBuf;
 use crate::config::Limits;
 use tollgate_plugin::{Outcome, Principal, Request as PluginRequest, Settle, TokenUsage};
 
@@ -314,35 +315,18 @@ async fn read_body(session: &mut Session, limits: &Limits) -> Result<Bytes, Gate
     }
 
     let read_all = async {
-        let mut first: Option<Bytes> = None;
-        let mut rest: Option<BytesMut> = None;
+        let mut body = BodyBuf::with_size_hint(declared.unwrap_or(0));
         while let Some(chunk) = downstream
             .read_request_body()
             .await
             .map_err(|e| GatewayError::BodyIncomplete(e.to_string()))?
         {
-            let so_far =
-                first.as_ref().map_or(0, Bytes::len) + rest.as_ref().map_or(0, BytesMut::len);
-            if so_far + chunk.len() > limit {
+            if body.len() + chunk.len() > limit {
                 return Err(GatewayError::BodyTooLarge { limit });
             }
-            // One chunk (the common case) is kept as is; more are gathered into one buffer.
-            match (&mut first, &mut rest) {
-                (None, None) => first = Some(chunk),
-                (Some(f), None) => {
-                    let mut buf =
-                        BytesMut::with_capacity(declared.unwrap_or(0).max(f.len() + chunk.len()));
-                    buf.extend_from_slice(f);
-                    buf.extend_from_slice(&chunk);
-                    rest = Some(buf);
-                }
-                (_, Some(buf)) => buf.extend_from_slice(&chunk),
-            }
+            body.push(chunk);
         }
-        Ok(match rest {
-            Some(buf) => buf.freeze(),
-            None => first.unwrap_or_default(),
-        })
+        Ok(body.finish())
     };
     match tokio::time::timeout(limits.body_read_timeout, read_all).await {
         Ok(result) => result,

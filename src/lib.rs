@@ -11,6 +11,7 @@
 )]
 
 pub mod access_log;
+pub mod body;
 pub mod cache;
 pub mod catalog;
 pub mod cli;

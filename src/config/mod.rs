@@ -13,6 +13,7 @@ use std::time::Duration;
 
 pub use file::{ProviderKind, Strategy};
 pub use load::{ConfigError, ConfigErrors, load, parse};
+pub use tollgate_plugin::Secret;
 
 /// A validated configuration.
 #[derive(Debug)]
@@ -213,33 +214,6 @@ pub struct Timeouts {
 pub struct MockSettings {
     pub chunk_delay: Duration,
     pub embedding_dims: usize,
-}
-
-/// A credential. Its `Debug` and `Display` never show the value.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: String) -> Self {
-        Secret(value)
-    }
-
-    /// The value itself: only for putting on the wire.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("*****")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("*****")
-    }
 }
 
 #[cfg(test)]

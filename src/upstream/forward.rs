@@ -25,6 +25,7 @@ use tokio::time::Instant;
 
 use super::peer::UpstreamPeer;
 use super::{Endpoint, Pool};
+use crate::body::BodyBuf;
 use crate::config::Secret;
 use crate::error::GatewayError;
 use crate::openai::{Api, SseParser, Usage, append_generated_text, is_usage_only_chunk};
@@ -248,40 +249,25 @@ impl Exchange {
     ) -> Result<Option<Bytes>, GatewayError> {
         let t = pool.spec.timeouts;
         let deadline = Instant::now() + t.total;
-        let mut first: Option<Bytes> = None;
-        let mut rest: Option<BytesMut> = None;
+        let mut body = BodyBuf::default();
         loop {
             let read = tokio::select! {
                 read = read_chunk(&mut self.conn, pool, t.idle, deadline) => read?,
                 _ = session.as_downstream_mut().read_body_or_idle(true) => return Ok(None),
             };
             let Some(chunk) = read else { break };
-            let so_far =
-                first.as_ref().map_or(0, Bytes::len) + rest.as_ref().map_or(0, BytesMut::len);
-            if so_far + chunk.len() > cap {
+            if body.len() + chunk.len() > cap {
                 return Err(GatewayError::UpstreamProtocol {
                     pool: pool.spec.name.clone(),
                     detail: format!("response larger than max_response_bytes ({cap})"),
                 });
             }
-            match (&mut first, &mut rest) {
-                (None, None) => first = Some(chunk),
-                (Some(f), None) => {
-                    let mut buf = BytesMut::with_capacity(f.len() + chunk.len());
-                    buf.extend_from_slice(f);
-                    buf.extend_from_slice(&chunk);
-                    rest = Some(buf);
-                }
-                (_, Some(buf)) => buf.extend_from_slice(&chunk),
-            }
+            body.push(chunk);
             if self.conn.response_done() {
                 break;
             }
         }
-        Ok(Some(match rest {
-            Some(buf) => buf.freeze(),
-            None => first.unwrap_or_default(),
-        }))
+        Ok(Some(body.finish()))
     }
 
     /// Returns the connection to the pool if the response was read to its end.

@@ -140,33 +140,7 @@ impl Default for ClaimNames {
     }
 }
 
-/// A secret from the config file: Debug and Display print `*****`.
-#[derive(Clone, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: String) -> Self {
-        Secret(value)
-    }
-
-    /// The value itself: only for hashing or keying.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("*****")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("*****")
-    }
-}
+pub use tollgate_plugin::Secret;
 
 impl AuthConfig {
     /// Rewrites every secret in the section (`keys[*].secret`, `jwt.hs256_secret`) through
@@ -178,9 +152,9 @@ impl AuthConfig {
         mut expand: impl FnMut(&Spanned<String>, &str) -> Option<String>,
     ) {
         let mut apply = |s: &mut Spanned<Secret>, path: String| {
-            let raw = Spanned::new(s.value.0.clone(), s.referenced, s.defined);
+            let raw = Spanned::new(s.value.expose().to_owned(), s.referenced, s.defined);
             if let Some(v) = expand(&raw, &path) {
-                s.value = Secret(v);
+                s.value = Secret::new(v);
             }
         };
         for (i, k) in self.keys.iter_mut().enumerate() {

@@ -16,10 +16,12 @@
 
 mod local_store;
 mod principal;
+mod secret;
 mod store;
 
 pub use local_store::{Clock, LocalStore, ManualClock, SystemClock};
 pub use principal::{ModelFilter, Principal, PrincipalKind};
+pub use secret::Secret;
 pub use store::{Acquire, Acquired, Adjust, Lease, Release, Store, StoreError};
 
 use async_trait::async_trait;
