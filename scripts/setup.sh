@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing tollgate needs, and nothing that is already there:
-#   - Debian packages: cmake, pkg-config, libssl-dev (system OpenSSL, see .cargo/config.toml)
+#   - Debian packages: cmake, pkg-config, libssl-dev (system OpenSSL, see .cargo/config.toml),
+#     redis-server (the shared-state tests start their own Redis on a free port)
 #   - a Python venv at .venv/ with the pinned packages of tests/sdk/requirements.txt
 # Safe to run again and again; a second run only checks and returns in about a second.
 set -euo pipefail
@@ -40,6 +41,7 @@ apt_install() {
 missing=()
 command -v cmake >/dev/null 2>&1 || missing+=(cmake)
 command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 if ! { command -v pkg-config >/dev/null 2>&1 && pkg-config --exists openssl; } &&
     ! dpkg -s libssl-dev >/dev/null 2>&1; then
     missing+=(libssl-dev)
@@ -47,7 +49,7 @@ fi
 if [ "${#missing[@]}" -gt 0 ]; then
     apt_install "${missing[@]}"
 else
-    say "system packages present (cmake, pkg-config, libssl-dev)"
+    say "system packages present (cmake, pkg-config, libssl-dev, redis-server)"
 fi
 
 # --- Rust toolchain --------------------------------------------------------------------
