@@ -152,6 +152,27 @@ impl RedisServer {
         }
     }
 
+    /// Polls every 20 ms until no concurrency lease is held, i.e. every request has
+    /// settled (its token and cost corrections are written with its lease's release);
+    /// whether that happened within `timeout`.
+    pub async fn wait_for_no_leases(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let held = self
+                .snapshot("*")
+                .await
+                .values()
+                .any(|v| matches!(v, RedisValue::Leases(_)));
+            if !held {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// The number of members of a sorted set (live and expired leases alike).
     pub async fn zcard(&self, key: &str) -> u64 {
         let mut conn = self.connect().await;
