@@ -46,6 +46,7 @@ pub fn write(session: &Session, e: Option<&Error>, ctx: &RequestCtx) {
         cached_tokens = usage.cached,
         reasoning_tokens = usage.reasoning,
         usage_estimated = ctx.usage_estimated,
+        cache = ctx.cache.map_or("", |c| c.as_str()),
         response_bytes = f.response_bytes,
         client_gone = f.client_gone,
         error = error.map_or("", |e| e.code()),

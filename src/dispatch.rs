@@ -324,6 +324,11 @@ pub async fn dispatch(
                 if class == Class::Success {
                     pool.balancer.served(&hints, i);
                     ctx.delivery.usage = Usage::find(&body);
+                    if status == 200
+                        && let Some(c) = ctx.delivery.capture.as_mut()
+                    {
+                        c.json(body.clone());
+                    }
                 }
                 let extra = served_headers(ctx, &c, pool, Some(endpoint), made);
                 let header = exchange.header().clone();

@@ -11,6 +11,7 @@ use bytes::Bytes;
 use pingora_proxy::Session;
 
 use crate::body::BodyBuf;
+use crate::cache::{self, ResponseCache};
 use crate::config::Limits;
 use tollgate_plugin::{Outcome, Principal, Request as PluginRequest, Settle, TokenUsage};
 
@@ -54,6 +55,10 @@ pub struct RequestCtx {
     pub charged: Option<TokenUsage>,
     /// The usage charged was the gateway's count, not the upstream's.
     pub usage_estimated: bool,
+    /// What the response cache did, when one is configured (`x-cache`).
+    pub cache: Option<cache::Status>,
+    /// A cache hit's charge: nothing, or the cached answer's usage (`charge_hits`).
+    hit_charge: Option<TokenUsage>,
     pub error: Option<GatewayError>,
 }
 
@@ -75,6 +80,8 @@ impl RequestCtx {
             delivery: Delivery::default(),
             charged: None,
             usage_estimated: false,
+            cache: None,
+            hit_charge: None,
             error: None,
         }
     }
@@ -165,6 +172,7 @@ async fn settle(ctx: &mut RequestCtx) {
     }
     let d = &ctx.delivery;
     let (usage, estimated) = match (&d.usage, &d.generated) {
+        _ if ctx.hit_charge.is_some() => (ctx.hit_charge, false),
         (Some(u), _) => (Some(u.tokens()), false),
         (None, Some(text)) if d.response_started => (
             Some(TokenUsage {
@@ -279,12 +287,177 @@ async fn infer(
         .describe(&req.model)
         .ok_or_else(|| GatewayError::UnknownModel(req.model.clone()))?;
     admit(state, session, ctx, &req, model).await?;
+    let mut cached = None;
+    if let Some(cache) = &state.cache {
+        match consult_cache(cache, session, ctx, &req, model).await? {
+            CacheTurn::Served => return Ok(()),
+            CacheTurn::Upstream(turn) => cached = turn.map(|t| (cache, t)),
+        }
+    }
     let result = dispatch::dispatch(state, connector, session, ctx, &req).await;
     if ctx.delivery.usage.is_none() && ctx.delivery.generated.is_some() {
         // A stream cut short: its charge is the gateway's own count.
         ctx.counted_prompt = Some(tokens::prompt_tokens(&req));
     }
+    if let Some((cache, (plan, leader))) = cached {
+        if result.is_ok() {
+            keep_answer(cache, &plan, ctx, &req).await;
+        }
+        // Followers wake once the answer is stored (or known not to be).
+        drop(leader);
+    }
     result
+}
+
+/// What the cache left to do.
+enum CacheTurn {
+    /// Answered from the cache (or the client left while waiting for it).
+    Served,
+    /// Go upstream; with a plan, the answer is to be stored (and this request may lead
+    /// identical ones waiting for it).
+    Upstream(Option<(cache::Plan, Option<cache::Leader>)>),
+}
+
+/// Looks the request up in the cache, waiting for an identical request in flight when
+/// coalescing; answers a hit. Otherwise says what to store, and sets `x-cache`.
+async fn consult_cache(
+    cache: &ResponseCache,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    req: &InferenceRequest,
+    model: &str,
+) -> Result<CacheTurn, GatewayError> {
+    let anonymous;
+    let principal = match ctx.principal.as_ref() {
+        Some(p) => p,
+        None => {
+            anonymous = Principal::anonymous();
+            &anonymous
+        }
+    };
+    let headers = &session.req_header().headers;
+    let Some(plan) = cache.plan(req.api, model, &req.body, req.stream, principal, headers)? else {
+        ctx.set_cache_status(cache, cache::Status::Bypass);
+        return Ok(CacheTurn::Upstream(None));
+    };
+    let mut leader = None;
+    let status = if !plan.lookup {
+        cache::Status::Bypass
+    } else {
+        let found = match cache.lookup(&plan.key).await {
+            Some(entry) => Some((entry, false)),
+            None => match cache.join(plan.key) {
+                Some(cache::Turn::Lead(l)) => {
+                    leader = Some(l);
+                    None
+                }
+                Some(cache::Turn::Follow(f)) => {
+                    let wait = tokio::time::timeout(cache.coalesce_wait(), f.wait());
+                    let waited = tokio::select! {
+                        _ = wait => true,
+                        _ = session.as_downstream_mut().read_body_or_idle(true) => false,
+                    };
+                    if !waited {
+                        ctx.delivery.client_gone = true;
+                        return Ok(CacheTurn::Served);
+                    }
+                    cache.lookup(&plan.key).await.map(|e| (e, true))
+                }
+                None => None,
+            },
+        };
+        match found {
+            Some((entry, coalesced)) if entry.answer.is_stream() == req.stream => {
+                serve_hit(cache, session, ctx, req, &entry, coalesced).await;
+                return Ok(CacheTurn::Served);
+            }
+            _ => cache::Status::Miss,
+        }
+    };
+    ctx.set_cache_status(cache, status);
+    if let Some((_, max_bytes)) = plan.store {
+        ctx.delivery.capture = Some(cache::Capture::new(max_bytes));
+    }
+    Ok(CacheTurn::Upstream(Some((plan, leader))))
+}
+
+impl RequestCtx {
+    fn set_cache_status(&mut self, cache: &ResponseCache, status: cache::Status) {
+        cache.record(status);
+        self.cache = Some(status);
+        self.admit_headers
+            .push(("x-cache", status.as_str().to_owned()));
+    }
+}
+
+/// Answers from a cached entry, in the request's shape. A hit costs the caller nothing
+/// unless `charge_hits`.
+async fn serve_hit(
+    cache: &ResponseCache,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    req: &InferenceRequest,
+    entry: &cache::Entry,
+    coalesced: bool,
+) {
+    cache.record_hit(entry, coalesced);
+    ctx.cache = Some(cache::Status::Hit);
+    ctx.served_model = Some(entry.served_model.clone());
+    ctx.hit_charge = Some(match entry.usage {
+        Some(u) if cache.charge_hits() => u.into(),
+        _ => TokenUsage::default(),
+    });
+    let mut extra = Vec::with_capacity(3 + ctx.admit_headers.len());
+    extra.push(("x-cache", cache::Status::Hit.as_str().to_owned()));
+    extra.push(("x-tollgate-model", entry.served_model.clone()));
+    extra.push(("x-tollgate-attempts", "0".to_owned()));
+    extra.extend(ctx.admit_headers.iter().cloned());
+    let id = ctx.request_id.as_str();
+    let d = &mut ctx.delivery;
+    d.response_started = true;
+    let written = match &entry.answer {
+        cache::Answer::Json(body) => {
+            d.response_bytes = body.len() as u64;
+            respond::json_with(session, 200, body.clone(), id, &extra).await
+        }
+        cache::Answer::Events(events) => {
+            d.event_stream = true;
+            let body = cache::replay_events(events, req.needs_usage_requested());
+            d.response_bytes = body.len() as u64;
+            match respond::sse_start(session, id, &extra).await {
+                Ok(()) => session.write_response_body(Some(body), true).await,
+                Err(e) => Err(e),
+            }
+        }
+    };
+    if let Err(e) = written {
+        tracing::debug!(request_id = id, error = %e, "client gone during a cache hit");
+        d.client_gone = true;
+    }
+}
+
+/// Stores the answer that went to the client, if it was captured whole.
+async fn keep_answer(
+    cache: &ResponseCache,
+    plan: &cache::Plan,
+    ctx: &mut RequestCtx,
+    req: &InferenceRequest,
+) {
+    let Some(capture) = ctx.delivery.capture.as_mut() else {
+        return;
+    };
+    if capture.too_large() {
+        cache.too_large();
+    }
+    let (Some(answer), Some(model)) = (capture.take(), ctx.served_model.as_deref()) else {
+        return;
+    };
+    // A stream request answered with JSON (or the reverse) is not what the key stands for.
+    if answer.is_stream() != req.stream {
+        return;
+    }
+    let usage = ctx.delivery.usage.map(|u| u.tokens());
+    cache.store(plan, answer, model, usage).await;
 }
 
 /// Reads the whole request body, refusing it as soon as it is known to exceed `limit`

@@ -4,7 +4,9 @@
 //! (model `catalog`, upstream pools); `server` turns it into a Pingora server whose one
 //! service, `gateway`, hands each request to `handler`; `upstream` forwards to real
 //! endpoints or answers with the built-in mock; `openai` holds the wire format, `error`
-//! the one error type, `respond` the gateway's own responses.
+//! the one error type, `respond` the gateway's own responses. `cache` is the response
+//! cache, `store` the shared state (Redis) behind limits and the cache, `metrics` the
+//! Prometheus registry.
 #![cfg_attr(
     not(test),
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
@@ -20,6 +22,7 @@ pub mod dispatch;
 pub mod error;
 pub mod gateway;
 pub mod handler;
+pub mod metrics;
 pub mod monitor;
 pub mod openai;
 pub mod respond;

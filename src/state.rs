@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use tollgate_plugin::Plugin;
 
+use crate::cache::ResponseCache;
 use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::store::SharedState;
@@ -24,10 +25,12 @@ pub struct State {
     pub plugins: Vec<Arc<dyn Plugin>>,
     /// Where limits and budgets are counted.
     pub shared: SharedState,
+    /// The response cache, when configured.
+    pub cache: Option<ResponseCache>,
 }
 
 impl State {
-    pub fn build(config: Config) -> Result<State, String> {
+    pub fn build(mut config: Config) -> Result<State, String> {
         let catalog = Catalog::new(&config);
         let shared = crate::store::build_state(&config.state).map_err(|e| e.to_string())?;
         let mut plugins: Vec<Arc<dyn Plugin>> = Vec::new();
@@ -41,6 +44,11 @@ impl State {
                 shared.store.clone(),
             )));
         }
+        let cache = config
+            .cache
+            .take()
+            .map(|policy| ResponseCache::new(policy, &config.state, config.quotas.clone()))
+            .transpose()?;
         let pools = config
             .pools
             .iter()
@@ -54,6 +62,7 @@ impl State {
             accounting,
             plugins,
             shared,
+            cache,
         })
     }
 }

@@ -5,8 +5,9 @@
 //! no whitespace, numbers in one spelling), so field order, spacing and `0.50` vs `0.5`
 //! do not change the key. `model` is replaced by the resolved model (aliases share
 //! entries), and the fields that change only the delivery, not the answer, are left out:
-//! `stream` and `stream_options` (a stream and a non-stream request for the same input
-//! share an entry), `user`, `metadata` and `store`. Everything else — messages, prompt or
+//! `stream_options`, `user`, `metadata` and `store`. Whether the answer is a stream is a
+//! separate part of the key: a stream and a non-stream answer are stored apart, each
+//! replayed in its own shape. Everything else — messages, prompt or
 //! input, tools, tool_choice, response_format, temperature, top_p, seed, stop,
 //! max_tokens, n, logprobs, and fields the gateway does not know — is part of the key.
 
@@ -15,7 +16,8 @@ use sha2::{Digest, Sha256};
 
 use crate::openai::Api;
 
-/// Body fields that do not change the answer.
+/// Body fields that do not change the answer (`stream` changes its shape, which is a
+/// separate part of the key).
 const DELIVERY_ONLY: &[&str] = &[
     "model",
     "stream",
@@ -47,9 +49,16 @@ impl CacheKey {
     }
 }
 
-/// The key of a request body (a JSON object) for `api`, answered by `model`, in `scope`.
-/// `None` if the body is not a JSON object (such a request is not cached).
-pub fn cache_key(api: Api, model: &str, body: &[u8], scope: Scope<'_>) -> Option<CacheKey> {
+/// The key of a request body (a JSON object) for `api`, answered by `model` as a
+/// stream or not, in `scope`. `None` if the body is not a JSON object (such a request is
+/// not cached).
+pub fn cache_key(
+    api: Api,
+    model: &str,
+    body: &[u8],
+    stream: bool,
+    scope: Scope<'_>,
+) -> Option<CacheKey> {
     let mut fields: Map<String, Value> = serde_json::from_slice(body).ok()?;
     for f in DELIVERY_ONLY {
         fields.remove(*f);
@@ -73,6 +82,7 @@ pub fn cache_key(api: Api, model: &str, body: &[u8], scope: Scope<'_>) -> Option
         who.as_bytes(),
         api.path().as_bytes(),
         model.as_bytes(),
+        if stream { b"sse" } else { b"json" },
         &canonical,
     ] {
         h.update((part.len() as u64).to_le_bytes());
@@ -102,6 +112,7 @@ mod tests {
             Api::ChatCompletions,
             "gpt-4o",
             body.as_bytes(),
+            false,
             Scope::Team("a"),
         )
         .unwrap()
@@ -140,7 +151,7 @@ mod tests {
     #[test]
     fn scopes_models_and_apis_are_kept_apart() {
         let b = BASE.as_bytes();
-        let k = |api, model, scope| cache_key(api, model, b, scope).unwrap();
+        let k = |api, model, scope| cache_key(api, model, b, false, scope).unwrap();
         let base = k(Api::ChatCompletions, "gpt-4o", Scope::Team("a"));
         assert_ne!(base, k(Api::ChatCompletions, "gpt-4o", Scope::Team("b")));
         assert_ne!(base, k(Api::ChatCompletions, "gpt-4o", Scope::Key("a")));
@@ -151,7 +162,12 @@ mod tests {
         );
         assert_ne!(base, k(Api::Completions, "gpt-4o", Scope::Team("a")));
         assert_eq!(base.hex().len(), 64);
-        assert!(cache_key(Api::ChatCompletions, "m", b"[1]", Scope::Shared).is_none());
+        assert_ne!(
+            base,
+            cache_key(Api::ChatCompletions, "gpt-4o", b, true, Scope::Team("a")).unwrap(),
+            "stream and non-stream answers are kept apart"
+        );
+        assert!(cache_key(Api::ChatCompletions, "m", b"[1]", false, Scope::Shared).is_none());
     }
 
     #[test]

@@ -44,6 +44,8 @@ pub struct FileConfig {
     /// Where limits and budgets are counted: in process, or in a shared Redis.
     #[serde(default)]
     pub state: crate::store::StateConfig,
+    /// The response cache; absent: no caching.
+    pub cache: Option<crate::cache::CacheConfig>,
 }
 
 /// Bounds on what one request may cost in retries and fallbacks.

@@ -192,6 +192,7 @@ impl Validator<'_> {
         if let Err(e) = crate::store::build(&raw.state) {
             self.error(Location::UNKNOWN, "state.redis.url", e.to_string());
         }
+        let cache = raw.cache.and_then(|c| self.cache(c, &models, &raw.state));
         Config {
             source: self.file.to_owned(),
             server,
@@ -203,6 +204,44 @@ impl Validator<'_> {
             auth,
             quotas,
             state: raw.state,
+            cache,
+        }
+    }
+
+    fn cache(
+        &mut self,
+        c: crate::cache::CacheConfig,
+        models: &[Model],
+        state: &crate::store::StateConfig,
+    ) -> Option<crate::cache::Policy> {
+        for pattern in c.models.keys() {
+            let matches = tollgate_plugin::ModelFilter::new(&[pattern])
+                .is_ok_and(|f| models.iter().any(|m| f.allows(&m.name)));
+            if !matches {
+                self.error(
+                    Location::UNKNOWN,
+                    format!("cache.models.{pattern}"),
+                    "matches no model under `models`",
+                );
+            }
+        }
+        if c.backend == crate::cache::config::BackendKind::Redis
+            && let Err(e) = crate::store::RedisStore::new(&crate::store::RedisOptions {
+                url: state.redis.url.clone(),
+                key_prefix: String::new(),
+                timeout: state.redis.timeout,
+            })
+        {
+            self.error(Location::UNKNOWN, "state.redis.url", e.to_string());
+        }
+        match crate::cache::Policy::build(c) {
+            Ok(policy) => Some(policy),
+            Err(problems) => {
+                for (path, message) in problems {
+                    self.error(Location::UNKNOWN, format!("cache.{path}"), message);
+                }
+                None
+            }
         }
     }
 

@@ -33,6 +33,8 @@ pub struct Config {
     /// Rate limits and budgets, checked; `None`: none configured.
     pub quotas: Option<tollgate_limits::Quotas>,
     pub state: crate::store::StateConfig,
+    /// The response cache's settings, checked; `None`: no caching.
+    pub cache: Option<crate::cache::Policy>,
 }
 
 /// The built authentication plugin (it holds key digests and JWT keys, never shown).

@@ -7,6 +7,8 @@
 
 pub mod redis;
 #[cfg(test)]
+pub(crate) mod test_redis;
+#[cfg(test)]
 mod tests;
 
 use std::collections::HashMap;

@@ -221,7 +221,7 @@ impl RedisStore {
         &self,
         invocation: redis::ScriptInvocation<'_>,
     ) -> Result<T, StoreError> {
-        let call = async {
+        self.bounded(async {
             let mut conn = self.connection()?;
             match invocation.invoke_async::<T>(&mut conn).await {
                 // A refused connection sent nothing, so trying once more is safe; it is
@@ -234,7 +234,56 @@ impl RedisStore {
                     .map_err(redis_error),
                 result => result.map_err(redis_error),
             }
-        };
+        })
+        .await
+    }
+
+    /// Runs one command within the timeout, as [`Self::run`] does a script.
+    async fn query<T: redis::FromRedisValue>(&self, cmd: redis::Cmd) -> Result<T, StoreError> {
+        self.bounded(async {
+            let mut conn = self.connection()?;
+            match cmd.query_async::<T>(&mut conn).await {
+                Err(e) if e.is_connection_refusal() => {
+                    cmd.query_async::<T>(&mut conn).await.map_err(redis_error)
+                }
+                result => result.map_err(redis_error),
+            }
+        })
+        .await
+    }
+
+    /// The bytes stored under `name` (prefixed like every key), if any.
+    pub async fn get_bytes(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(self.key(name));
+        self.query(cmd).await
+    }
+
+    /// Stores `value` under `name` for `ttl` (at least a millisecond).
+    pub async fn set_bytes(
+        &self,
+        name: &str,
+        value: &[u8],
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(self.key(name)).arg(value).arg("PX").arg(ms);
+        self.query(cmd).await
+    }
+
+    /// Removes `name`.
+    pub async fn delete(&self, name: &str) -> Result<(), StoreError> {
+        let mut cmd = redis::cmd("DEL");
+        cmd.arg(self.key(name));
+        self.query::<i64>(cmd).await.map(drop)
+    }
+
+    /// `call` within the timeout; a timed-out call drops the connection.
+    async fn bounded<T>(
+        &self,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
         match tokio::time::timeout(self.timeout, call).await {
             Ok(result) => result,
             Err(_) => {

@@ -92,6 +92,8 @@ pub struct Delivery {
     /// What a stream generated so far, kept when accounting may need to count it (a
     /// stream cut short reports no usage).
     pub generated: Option<String>,
+    /// A copy of the answer for the response cache, when it is to be stored.
+    pub capture: Option<crate::cache::Capture>,
 }
 
 /// How a stream is passed on.
@@ -394,11 +396,16 @@ pub async fn deliver_stream(
             let mut keep = true;
             if data == b"[DONE]" {
                 done = true;
-            } else if let Some(u) = Usage::find(data) {
-                out.usage = Some(u);
-                keep = !(mode.strip_usage && is_usage_only_chunk(data));
-            } else if let Some(text) = out.generated.as_mut() {
-                append_generated_text(data, text);
+            } else {
+                if let Some(c) = out.capture.as_mut() {
+                    c.event(data);
+                }
+                if let Some(u) = Usage::find(data) {
+                    out.usage = Some(u);
+                    keep = !(mode.strip_usage && is_usage_only_chunk(data));
+                } else if let Some(text) = out.generated.as_mut() {
+                    append_generated_text(data, text);
+                }
             }
             if let (Some(buf), true) = (reframed.as_mut(), keep) {
                 for line in data.split(|&b| b == b'\n') {
@@ -441,6 +448,9 @@ pub async fn deliver_stream(
         tracing::debug!(request_id, error = %e, "client gone at the end of the stream");
         out.client_gone = true;
         return Ok(());
+    }
+    if let Some(c) = out.capture.as_mut() {
+        c.stream_done();
     }
     exchange.release(connector).await;
     Ok(())

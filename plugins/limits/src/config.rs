@@ -204,6 +204,12 @@ impl Quotas {
             && self.models.is_empty()
             && self.rules.is_empty()
     }
+
+    /// What `usage` of `model` costs in micro-dollars at the configured prices; `None`
+    /// when the model has no price.
+    pub fn cost_micro_usd(&self, model: &str, usage: &tollgate_plugin::TokenUsage) -> Option<u64> {
+        self.prices.get(model).map(|p| p.cost(usage))
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -244,6 +250,18 @@ pub(crate) struct MicroPrice {
     pub input: u64,
     pub output: u64,
     pub cached_input: u64,
+}
+
+impl MicroPrice {
+    /// Micro-dollars for `usage`: cached prompt tokens at the cached-input price.
+    pub(crate) fn cost(&self, usage: &tollgate_plugin::TokenUsage) -> u64 {
+        let cached = usage.cached.min(usage.prompt);
+        crate::micro_usd(&[
+            (usage.prompt - cached, self.input),
+            (cached, self.cached_input),
+            (usage.completion, self.output),
+        ])
+    }
 }
 
 /// The largest USD amount accepted (a budget or a price per 1M tokens): far above any

@@ -323,13 +323,7 @@ impl Inner {
     }
 
     fn actual_cost(&self, model: &str, usage: &TokenUsage) -> u64 {
-        let p = self.price(model);
-        let cached = usage.cached.min(usage.prompt);
-        micro_usd(&[
-            (usage.prompt - cached, p.input),
-            (cached, p.cached_input),
-            (usage.completion, p.output),
-        ])
+        self.price(model).cost(usage)
     }
 
     fn refusal(
@@ -574,7 +568,7 @@ fn describe(scope: Scope, quotas: &Quotas, principal: &Principal, model: &str) -
 
 /// Micro-dollars for `(tokens, micro-dollars per 1M tokens)` pairs, rounded up (a
 /// request never costs less than it should).
-fn micro_usd(parts: &[(u64, u64)]) -> u64 {
+pub(crate) fn micro_usd(parts: &[(u64, u64)]) -> u64 {
     let total: u128 = parts
         .iter()
         .map(|&(tokens, price)| u128::from(tokens) * u128::from(price))
