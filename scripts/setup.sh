@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing tollgate needs, and nothing that is already there:
 #   - Debian packages: cmake, pkg-config, libssl-dev (system OpenSSL, see .cargo/config.toml),
-#     redis-server (the shared-state tests start their own Redis on a free port)
+#     redis-server (the shared-state tests start their own Redis on a free port),
+#     prometheus (promtool and a Prometheus server for the metrics tests)
 #   - a Python venv at .venv/ with the pinned packages of tests/sdk/requirements.txt
 # Safe to run again and again; a second run only checks and returns in about a second.
 set -euo pipefail
@@ -42,6 +43,8 @@ missing=()
 command -v cmake >/dev/null 2>&1 || missing+=(cmake)
 command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+# promtool and a Prometheus server for the metrics tests.
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 if ! { command -v pkg-config >/dev/null 2>&1 && pkg-config --exists openssl; } &&
     ! dpkg -s libssl-dev >/dev/null 2>&1; then
     missing+=(libssl-dev)
@@ -49,7 +52,7 @@ fi
 if [ "${#missing[@]}" -gt 0 ]; then
     apt_install "${missing[@]}"
 else
-    say "system packages present (cmake, pkg-config, libssl-dev, redis-server)"
+    say "system packages present (cmake, pkg-config, libssl-dev, redis-server, prometheus)"
 fi
 
 # --- Rust toolchain --------------------------------------------------------------------

@@ -14,10 +14,7 @@ pub fn write(session: &Session, e: Option<&Error>, ctx: &RequestCtx) {
     let last = ctx.attempts.last();
     // What was charged (the gateway's count for a stream cut short), else what the
     // upstream reported.
-    let usage = ctx
-        .charged
-        .or_else(|| f.usage.map(|u| u.tokens()))
-        .unwrap_or_default();
+    let usage = ctx.usage().unwrap_or_default();
     let error = ctx.error.as_ref();
     let client = session
         .client_addr()
@@ -27,6 +24,7 @@ pub fn write(session: &Session, e: Option<&Error>, ctx: &RequestCtx) {
     tracing::info!(
         target: "access",
         request_id = %ctx.request_id,
+        trace_id = %ctx.trace.trace_id,
         client = %client,
         method = %req.method,
         path = %req.uri.path(),
@@ -47,9 +45,12 @@ pub fn write(session: &Session, e: Option<&Error>, ctx: &RequestCtx) {
         reasoning_tokens = usage.reasoning,
         usage_estimated = ctx.usage_estimated,
         cache = ctx.cache.map_or("", |c| c.as_str()),
+        cost_usd = %ctx.cost_micro_usd.map(|m| format!("{:.6}", m as f64 / 1e6)).unwrap_or_default(),
+        ttft_ms = %f.ttft.map(|t| format!("{:.3}", t.as_secs_f64() * 1000.0)).unwrap_or_default(),
         response_bytes = f.response_bytes,
         client_gone = f.client_gone,
         error = error.map_or("", |e| e.code()),
+        error_type = error.map_or("", |e| e.kind()),
         error_detail = %error.map(ToString::to_string).or_else(|| e.map(ToString::to_string)).unwrap_or_default(),
         elapsed_ms = format_args!("{elapsed_ms:.3}"),
         "request"

@@ -107,6 +107,7 @@ pub async fn dispatch(
     let mut too_long: Option<(u64, u64)> = None;
     let mut last: Option<LastFailure> = None;
     let mut made = 0u32;
+    let traceparent = ctx.trace.traceparent();
     // Usage is always asked for, so that every stream is accounted; the client sees it
     // only if it asked.
     let stream_mode = StreamMode {
@@ -199,6 +200,7 @@ pub async fn dispatch(
                 api: req.api,
                 body: body.clone(),
                 request_id: &ctx.request_id,
+                traceparent: &traceparent,
                 header_wait: pool.spec.timeouts.first_byte.min(left),
             };
             let key = endpoint.keys().pick();

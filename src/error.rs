@@ -97,7 +97,7 @@ impl GatewayError {
     }
 
     /// OpenAI's `error.type`.
-    fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> &'static str {
         if let GatewayError::Rejected(r) = self {
             return r.kind;
         }

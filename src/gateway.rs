@@ -55,6 +55,15 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let per_key = self
+            .state
+            .load()
+            .config
+            .admin
+            .as_ref()
+            .is_some_and(|a| a.per_key_metrics);
+        crate::request_metrics::record(ctx, status, per_key);
         crate::access_log::write(session, e, ctx);
     }
 }

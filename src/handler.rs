@@ -22,16 +22,21 @@ use crate::respond;
 use crate::route::{self, Route};
 use crate::state::State;
 use crate::tokens;
+use crate::trace::Trace;
 use crate::upstream::Delivery;
 
 /// Per-request facts gathered on the way, for the access log.
 #[derive(Debug)]
 pub struct RequestCtx {
     pub request_id: String,
+    /// The W3C trace this request belongs to.
+    pub trace: Trace,
     pub started: Instant,
     pub route: &'static str,
     /// The model the client asked for.
     pub model: Option<String>,
+    /// The configured model it resolved to (aliases resolved), once known.
+    pub resolved_model: Option<String>,
     /// The public model that answered (differs from `model` after a fallback).
     pub served_model: Option<String>,
     /// The model id sent upstream by the answering attempt.
@@ -59,6 +64,12 @@ pub struct RequestCtx {
     pub cache: Option<cache::Status>,
     /// A cache hit's charge: nothing, or the cached answer's usage (`charge_hits`).
     hit_charge: Option<TokenUsage>,
+    /// What the charged usage costs at the configured prices (micro-dollars).
+    pub cost_micro_usd: Option<u64>,
+    /// Time spent on upstream attempts and their answers (not the gateway's own work).
+    pub upstream_time: Duration,
+    /// Counts the request in flight while it lives.
+    _in_flight: crate::request_metrics::InFlight,
     pub error: Option<GatewayError>,
 }
 
@@ -66,9 +77,11 @@ impl RequestCtx {
     pub fn new() -> Self {
         RequestCtx {
             request_id: String::new(),
+            trace: Trace::default(),
             started: Instant::now(),
             route: "unknown",
             model: None,
+            resolved_model: None,
             served_model: None,
             upstream_model: None,
             internal_id: String::new(),
@@ -82,8 +95,21 @@ impl RequestCtx {
             usage_estimated: false,
             cache: None,
             hit_charge: None,
+            cost_micro_usd: None,
+            upstream_time: Duration::ZERO,
+            _in_flight: crate::request_metrics::InFlight::enter(),
             error: None,
         }
+    }
+}
+
+impl RequestCtx {
+    /// The usage the request is accounted with: what was charged, else (no limits or
+    /// budgets to charge) what the upstream reported.
+    pub fn usage(&self) -> Option<TokenUsage> {
+        self.charged
+            .or(self.hit_charge)
+            .or_else(|| self.delivery.usage.map(|u| u.tokens()))
     }
 }
 
@@ -103,6 +129,7 @@ pub async fn handle(
 ) {
     ctx.internal_id = uuid::Uuid::new_v4().simple().to_string();
     ctx.request_id = request_id(session, &ctx.internal_id);
+    ctx.trace = Trace::from_headers(&session.req_header().headers);
     // Bytes of a client's next request that arrive while this one is still answered are
     // kept for it, rather than read as a protocol error while the client is watched.
     session.as_downstream_mut().set_pipelining_enabled(true);
@@ -111,6 +138,13 @@ pub async fn handle(
         ctx.error = Some(e);
     }
     settle(ctx).await;
+    if let (Some(quotas), Some(usage)) = (&state.config.quotas, ctx.usage()) {
+        let model = ctx
+            .served_model
+            .as_deref()
+            .or(ctx.resolved_model.as_deref());
+        ctx.cost_micro_usd = model.and_then(|m| quotas.cost_micro_usd(m, &usage));
+    }
 }
 
 /// Who is calling: the first plugin that can tell; without authentication, anonymous.
@@ -286,6 +320,7 @@ async fn infer(
         .catalog
         .describe(&req.model)
         .ok_or_else(|| GatewayError::UnknownModel(req.model.clone()))?;
+    ctx.resolved_model = Some(model.to_owned());
     admit(state, session, ctx, &req, model).await?;
     let mut cached = None;
     if let Some(cache) = &state.cache {
@@ -294,7 +329,9 @@ async fn infer(
             CacheTurn::Upstream(turn) => cached = turn.map(|t| (cache, t)),
         }
     }
+    let dispatched = Instant::now();
     let result = dispatch::dispatch(state, connector, session, ctx, &req).await;
+    ctx.upstream_time = dispatched.elapsed();
     if ctx.delivery.usage.is_none() && ctx.delivery.generated.is_some() {
         // A stream cut short: its charge is the gateway's own count.
         ctx.counted_prompt = Some(tokens::prompt_tokens(&req));

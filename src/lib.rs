@@ -13,6 +13,7 @@
 )]
 
 pub mod access_log;
+pub mod admin;
 pub mod body;
 pub mod cache;
 pub mod catalog;
@@ -25,11 +26,13 @@ pub mod handler;
 pub mod metrics;
 pub mod monitor;
 pub mod openai;
+pub mod request_metrics;
 pub mod respond;
 pub mod route;
 pub mod server;
 pub mod state;
 pub mod store;
 pub mod tokens;
+pub mod trace;
 pub mod upstream;
 pub mod weighted;

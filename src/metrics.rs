@@ -3,7 +3,10 @@
 
 use std::sync::LazyLock;
 
-use prometheus::{Counter, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    Counter, CounterVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry,
+};
 
 static REGISTRY: LazyLock<Registry> = LazyLock::new(Registry::new);
 
@@ -31,6 +34,30 @@ pub fn counter_vec(name: &'static str, help: &'static str, labels: &[&str]) -> I
 #[allow(clippy::expect_used)]
 pub fn float_counter(name: &'static str, help: &'static str) -> Counter {
     register(Counter::new(name, help).expect("a valid metric"))
+}
+
+/// A counter of a real quantity, with labels.
+#[allow(clippy::expect_used)]
+pub fn float_counter_vec(name: &'static str, help: &'static str, labels: &[&str]) -> CounterVec {
+    register(CounterVec::new(Opts::new(name, help), labels).expect("a valid metric"))
+}
+
+/// A gauge with labels.
+#[allow(clippy::expect_used)]
+pub fn gauge_vec(name: &'static str, help: &'static str, labels: &[&str]) -> IntGaugeVec {
+    register(IntGaugeVec::new(Opts::new(name, help), labels).expect("a valid metric"))
+}
+
+/// A histogram with labels and the given bucket bounds.
+#[allow(clippy::expect_used)]
+pub fn histogram_vec(
+    name: &'static str,
+    help: &'static str,
+    labels: &[&str],
+    buckets: &[f64],
+) -> HistogramVec {
+    let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+    register(HistogramVec::new(opts, labels).expect("a valid metric"))
 }
 
 /// A gauge.

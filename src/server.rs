@@ -10,6 +10,7 @@ use pingora_core::server::Server;
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::services::background::background_service;
 
+use crate::admin::AdminApp;
 use crate::config::Config;
 use crate::gateway::Gateway;
 use crate::monitor::Monitor;
@@ -48,6 +49,7 @@ pub fn build(config: Config, mode: StartMode) -> Result<Server, String> {
     server.bootstrap();
 
     let listeners = config.listeners.clone();
+    let admin = config.admin.clone();
     let connector = Connector::new(Some(ConnectorOptions::from_server_conf(
         &server.configuration,
     )));
@@ -72,6 +74,15 @@ pub fn build(config: Config, mode: StartMode) -> Result<Server, String> {
         tracing::info!(address = %l.address, tls = l.tls.is_some(), "listening");
     }
     server.add_service(service);
+    if let Some(admin) = &admin {
+        let mut service = pingora_core::services::listening::Service::new(
+            "tollgate admin".to_owned(),
+            AdminApp::new(state.clone()),
+        );
+        service.add_tcp(&admin.address);
+        tracing::info!(address = %admin.address, api = admin.token.is_some(), "admin listening");
+        server.add_service(service);
+    }
     server.add_service(background_service("upstream monitor", Monitor::new(state)));
     Ok(server)
 }

@@ -332,6 +332,7 @@ impl ResponseCache {
 impl RedisBackend {
     fn failed(&self, now_ms: u64, what: &str, error: &str) {
         stats::fault("redis");
+        crate::request_metrics::redis_error("cache");
         let rest_ms = u64::try_from(REDIS_REST.as_millis()).unwrap_or(u64::MAX);
         self.resting_until_ms
             .store(now_ms.saturating_add(rest_ms), Ordering::Relaxed);

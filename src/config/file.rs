@@ -46,6 +46,30 @@ pub struct FileConfig {
     pub state: crate::store::StateConfig,
     /// The response cache; absent: no caching.
     pub cache: Option<crate::cache::CacheConfig>,
+    /// The admin listener (metrics, admin API); absent: none.
+    pub admin: Option<AdminSection>,
+}
+
+/// A listener apart from client traffic for `/metrics` and the admin API.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSection {
+    pub address: Spanned<String>,
+    /// Bearer token of the admin API (`${ENV}` expanded); absent: only `/metrics`.
+    pub token: Option<Spanned<String>>,
+    #[serde(default)]
+    pub metrics: AdminMetricsSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminMetricsSection {
+    /// Per key id and team series (`tollgate_key_*`): one series per key.
+    #[serde(default)]
+    pub per_key: bool,
+    /// `/metrics` asks for the admin token too.
+    #[serde(default)]
+    pub require_token: bool,
 }
 
 /// Bounds on what one request may cost in retries and fallbacks.

@@ -112,8 +112,9 @@ pub fn parse(
         env,
         errors: Vec::new(),
     };
-    let config = v.config(raw);
+    let mut config = v.config(raw);
     if v.errors.is_empty() {
+        config.text = text.to_owned();
         Ok(config)
     } else {
         // In file order; problems with no single place last.
@@ -193,8 +194,10 @@ impl Validator<'_> {
             self.error(Location::UNKNOWN, "state.redis.url", e.to_string());
         }
         let cache = raw.cache.and_then(|c| self.cache(c, &models, &raw.state));
+        let admin = raw.admin.map(|a| self.admin(a, &listeners));
         Config {
             source: self.file.to_owned(),
+            text: String::new(),
             server,
             listeners,
             limits,
@@ -205,6 +208,49 @@ impl Validator<'_> {
             quotas,
             state: raw.state,
             cache,
+            admin,
+        }
+    }
+
+    fn admin(&mut self, a: file::AdminSection, listeners: &[Listener]) -> super::Admin {
+        let address = a.address.value.clone();
+        if address.parse::<std::net::SocketAddr>().is_err() {
+            self.error(
+                a.address.referenced,
+                "admin.address",
+                format!("`{address}` is not an IP:port address"),
+            );
+        } else if listeners.iter().any(|l| l.address == address) {
+            self.error(
+                a.address.referenced,
+                "admin.address",
+                "already a client listener: the admin listener must be apart",
+            );
+        }
+        let token = a.token.as_ref().and_then(|t| {
+            let value = self.expand_env(t, "admin.token")?;
+            if value.len() < 16 {
+                self.error(
+                    t.referenced,
+                    "admin.token",
+                    "must be at least 16 characters",
+                );
+                return None;
+            }
+            Some(super::Secret::new(value))
+        });
+        if a.metrics.require_token && a.token.is_none() {
+            self.error(
+                a.address.referenced,
+                "admin.metrics.require_token",
+                "needs admin.token",
+            );
+        }
+        super::Admin {
+            address,
+            token,
+            per_key_metrics: a.metrics.per_key,
+            metrics_require_token: a.metrics.require_token,
         }
     }
 

@@ -20,6 +20,8 @@ pub use tollgate_plugin::Secret;
 pub struct Config {
     /// Where it was read from, for messages.
     pub source: String,
+    /// The file's text as read (`${VAR}` not expanded), for the admin API's view.
+    pub text: String,
     pub server: ServerSettings,
     pub listeners: Vec<Listener>,
     pub limits: Limits,
@@ -35,6 +37,19 @@ pub struct Config {
     pub state: crate::store::StateConfig,
     /// The response cache's settings, checked; `None`: no caching.
     pub cache: Option<crate::cache::Policy>,
+    /// The admin listener; `None`: none.
+    pub admin: Option<Admin>,
+}
+
+/// The admin listener's settings.
+#[derive(Debug, Clone)]
+pub struct Admin {
+    pub address: String,
+    /// `None`: the admin API is off; only `/metrics` is served.
+    pub token: Option<Secret>,
+    /// Per-key and per-team metric series.
+    pub per_key_metrics: bool,
+    pub metrics_require_token: bool,
 }
 
 /// The built authentication plugin (it holds key digests and JWT keys, never shown).

@@ -319,6 +319,7 @@ impl ResilientStore {
                 Ok(value)
             }
             Err(error) => {
+                crate::request_metrics::redis_error("limits");
                 self.failed(route, &error);
                 self.bypassed.fetch_add(1, Ordering::Relaxed);
                 Err(error)

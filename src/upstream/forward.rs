@@ -29,6 +29,7 @@ use crate::body::BodyBuf;
 use crate::config::Secret;
 use crate::error::GatewayError;
 use crate::openai::{Api, SseParser, Usage, append_generated_text, is_usage_only_chunk};
+use crate::request_metrics::StreamTimer;
 
 /// How long an idle upstream connection stays in the pool.
 const POOLED_IDLE: Duration = Duration::from_secs(60);
@@ -60,6 +61,7 @@ const DROP_REQUEST_HEADERS: &[&str] = &[
     "openai-organization",
     "openai-project",
     "x-request-id",
+    "traceparent",
 ];
 
 /// Upstream response headers never passed to the client besides [`HOP_BY_HOP`]: cookies
@@ -94,6 +96,8 @@ pub struct Delivery {
     pub generated: Option<String>,
     /// A copy of the answer for the response cache, when it is to be stored.
     pub capture: Option<crate::cache::Capture>,
+    /// Streams: from sending the upstream request to its first body chunk.
+    pub ttft: Option<Duration>,
 }
 
 /// How a stream is passed on.
@@ -113,6 +117,8 @@ pub struct Attempt<'a> {
     pub api: Api,
     pub body: Bytes,
     pub request_id: &'a str,
+    /// The `traceparent` sent upstream (see [`crate::trace`]).
+    pub traceparent: &'a str,
     /// The longest wait for the response header: the pool's first-byte timeout, cut to
     /// what is left of the request's deadline.
     pub header_wait: Duration,
@@ -148,14 +154,7 @@ pub async fn send(
     };
     let addr = a.endpoint.addrs.pick().await.map_err(&unreachable)?;
     let peer = pool.peer(a.endpoint, addr, POOLED_IDLE);
-    let mut request = Some(request_header(
-        session.req_header(),
-        a.endpoint,
-        a.api,
-        a.body.len(),
-        a.request_id,
-        key,
-    )?);
+    let mut request = Some(request_header(session.req_header(), a, key)?);
     let started = Instant::now();
     let deadline = started + a.header_wait;
 
@@ -367,10 +366,13 @@ pub async fn deliver_stream(
     out.response_started = true;
 
     let t = pool.spec.timeouts;
-    let deadline = Instant::now() + t.total;
+    let header_at = Instant::now();
+    let deadline = header_at + t.total;
     let cap = pool.spec.max_response_bytes as u64;
     let mut parser = SseParser::new();
     let mut done = false;
+    let timer = StreamTimer::new(&pool.spec.name);
+    let mut last_chunk: Option<Instant> = None;
     loop {
         let read = tokio::select! {
             read = read_chunk(&mut exchange.conn, pool, t.idle, deadline) => read?,
@@ -380,6 +382,16 @@ pub async fn deliver_stream(
             }
         };
         let Some(first) = read else { break };
+        let now = Instant::now();
+        match last_chunk {
+            None => {
+                let ttft = exchange.took + (now - header_at);
+                out.ttft = Some(ttft);
+                timer.first_chunk(ttft);
+            }
+            Some(previous) => timer.next_chunk(now - previous),
+        }
+        last_chunk = Some(now);
         out.response_bytes += first.len() as u64;
         if out.response_bytes > cap {
             return Err(stream_too_long(pool, cap));
@@ -593,25 +605,23 @@ async fn send_h1(
 }
 
 /// The upstream request line and headers: the client's headers minus those in
-/// [`DROP_REQUEST_HEADERS`], plus the pool's host, credential and the request id.
+/// [`DROP_REQUEST_HEADERS`], plus the pool's host, credential, the request id and the
+/// trace context.
 fn request_header(
     client: &RequestHeader,
-    endpoint: &Endpoint,
-    api: Api,
-    body_len: usize,
-    request_id: &str,
+    a: &Attempt<'_>,
     key: Option<&Secret>,
 ) -> Result<RequestHeader, GatewayError> {
     let internal = |e: Box<pingora_error::Error>| {
         GatewayError::Internal(format!("building the upstream request: {e}"))
     };
-    let spec = &endpoint.spec;
-    let mut path = format!("{}{}", spec.base_path, api.path());
+    let spec = &a.endpoint.spec;
+    let mut path = format!("{}{}", spec.base_path, a.api.path());
     if let Some(query) = client.uri.query() {
         path.push('?');
         path.push_str(query);
     }
-    let mut req = RequestHeader::build("POST", path.as_bytes(), Some(client.headers.len() + 4))
+    let mut req = RequestHeader::build("POST", path.as_bytes(), Some(client.headers.len() + 5))
         .map_err(internal)?;
     for (name, value) in client.headers.iter() {
         if keeps(name.as_str(), DROP_REQUEST_HEADERS) {
@@ -619,13 +629,15 @@ fn request_header(
                 .map_err(internal)?;
         }
     }
-    req.insert_header("host", endpoint.host_header())
+    req.insert_header("host", a.endpoint.host_header())
         .map_err(internal)?;
     req.insert_header("content-type", "application/json")
         .map_err(internal)?;
-    req.insert_header("content-length", body_len.to_string())
+    req.insert_header("content-length", a.body.len().to_string())
         .map_err(internal)?;
-    req.insert_header("x-request-id", request_id)
+    req.insert_header("x-request-id", a.request_id)
+        .map_err(internal)?;
+    req.insert_header("traceparent", a.traceparent)
         .map_err(internal)?;
     if let Some(key) = key {
         req.insert_header("authorization", format!("Bearer {}", key.expose()))
