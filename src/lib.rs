@@ -23,6 +23,7 @@ pub mod dispatch;
 pub mod error;
 pub mod gateway;
 pub mod handler;
+pub mod key_admin;
 pub mod metrics;
 pub mod monitor;
 pub mod openai;

@@ -13,8 +13,10 @@ use pingora_core::services::background::background_service;
 use crate::admin::AdminApp;
 use crate::config::Config;
 use crate::gateway::Gateway;
+use crate::key_admin::{KeyRegistry, Persist};
 use crate::monitor::Monitor;
 use crate::state::State;
+use crate::store::{Backend, RedisOptions};
 
 /// How the process was asked to start.
 #[derive(Debug, Clone, Copy, Default)]
@@ -53,7 +55,10 @@ pub fn build(config: Config, mode: StartMode) -> Result<Server, String> {
     let connector = Connector::new(Some(ConnectorOptions::from_server_conf(
         &server.configuration,
     )));
-    let state = Arc::new(ArcSwap::from_pointee(State::build(config)?));
+    let registry = Arc::new(KeyRegistry::load(key_persistence(&config))?);
+    let state = Arc::new(ArcSwap::from_pointee(
+        State::build(config)?.with_runtime_keys(&registry),
+    ));
     let mut service = pingora_proxy::http_proxy_service_with_name(
         &server.configuration,
         Gateway::new(state.clone(), connector),
@@ -77,7 +82,7 @@ pub fn build(config: Config, mode: StartMode) -> Result<Server, String> {
     if let Some(admin) = &admin {
         let mut service = pingora_core::services::listening::Service::new(
             "tollgate admin".to_owned(),
-            AdminApp::new(state.clone()),
+            AdminApp::new(state.clone(), registry.clone()),
         );
         service.add_tcp(&admin.address);
         tracing::info!(address = %admin.address, api = admin.token.is_some(), "admin listening");
@@ -85,4 +90,22 @@ pub fn build(config: Config, mode: StartMode) -> Result<Server, String> {
     }
     server.add_service(background_service("upstream monitor", Monitor::new(state)));
     Ok(server)
+}
+
+/// Where the keys managed at run time are kept: the shared Redis when limits are counted
+/// there, else the admin state file.
+fn key_persistence(config: &Config) -> Persist {
+    if config.state.backend == Backend::Redis {
+        let r = &config.state.redis;
+        return Persist::Redis(RedisOptions {
+            url: r.url.clone(),
+            key_prefix: r.key_prefix.clone(),
+            timeout: r.timeout.max(std::time::Duration::from_secs(2)),
+        });
+    }
+    let file = match &config.admin {
+        Some(admin) => admin.state_file.clone(),
+        None => crate::config::default_key_state_file(&config.source),
+    };
+    Persist::File(file)
 }

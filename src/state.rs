@@ -8,6 +8,7 @@ use tollgate_plugin::Plugin;
 use crate::cache::ResponseCache;
 use crate::catalog::Catalog;
 use crate::config::Config;
+use crate::key_admin::KeyRegistry;
 use crate::store::SharedState;
 use crate::upstream::Pool;
 
@@ -27,6 +28,21 @@ pub struct State {
     pub shared: SharedState,
     /// The response cache, when configured.
     pub cache: Option<ResponseCache>,
+    /// The limits plugin (also in `plugins`), for the admin API's usage view.
+    pub limits: Option<Arc<tollgate_limits::LimitsPlugin>>,
+}
+
+impl State {
+    /// Makes the keys and limits managed at run time count in this state's plugins.
+    pub fn with_runtime_keys(self, registry: &KeyRegistry) -> State {
+        if let Some(auth) = &self.config.auth {
+            auth.0.attach_runtime_keys(registry.keys.clone());
+        }
+        if let Some(limits) = &self.limits {
+            limits.attach_runtime_limits(registry.limits.clone());
+        }
+        self
+    }
 }
 
 impl State {
@@ -38,11 +54,18 @@ impl State {
             plugins.push(auth.0.clone());
         }
         let accounting = config.quotas.is_some();
-        if let Some(quotas) = &config.quotas {
-            plugins.push(Arc::new(tollgate_limits::LimitsPlugin::new(
-                quotas.clone(),
-                shared.store.clone(),
-            )));
+        // With the admin API on, limits may be set at run time: the plugin is there even
+        // when the file sets none.
+        let admin_api = config.admin.as_ref().is_some_and(|a| a.token.is_some());
+        let quotas = match &config.quotas {
+            Some(q) => Some(q.clone()),
+            None if admin_api => tollgate_limits::QuotasConfig::default().build().ok(),
+            None => None,
+        };
+        let limits =
+            quotas.map(|q| Arc::new(tollgate_limits::LimitsPlugin::new(q, shared.store.clone())));
+        if let Some(l) = &limits {
+            plugins.push(l.clone());
         }
         let cache = config
             .cache
@@ -63,6 +86,7 @@ impl State {
             plugins,
             shared,
             cache,
+            limits,
         })
     }
 }

@@ -273,7 +273,11 @@ impl ResponseCache {
                     stats::fault("encode");
                     return;
                 };
-                if let Err(e) = r.store.set_bytes(&redis_name(&plan.key), &bytes, ttl).await {
+                if let Err(e) = r
+                    .store
+                    .set_bytes(&redis_name(&plan.key), &bytes, Some(ttl))
+                    .await
+                {
                     r.failed(now, "store", &e.to_string());
                     return;
                 }

@@ -59,6 +59,9 @@ pub struct AdminSection {
     pub token: Option<Spanned<String>>,
     #[serde(default)]
     pub metrics: AdminMetricsSection,
+    /// Where keys made by the admin API are kept without Redis; default: beside the
+    /// config file, `<name>.keys.json`.
+    pub state_file: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

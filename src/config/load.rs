@@ -246,11 +246,23 @@ impl Validator<'_> {
                 "needs admin.token",
             );
         }
+        let state_file = match &a.state_file {
+            Some(f) => {
+                let p = std::path::PathBuf::from(f);
+                if p.is_relative() {
+                    self.base_dir.join(p)
+                } else {
+                    p
+                }
+            }
+            None => super::default_key_state_file(self.file),
+        };
         super::Admin {
             address,
             token,
             per_key_metrics: a.metrics.per_key,
             metrics_require_token: a.metrics.require_token,
+            state_file,
         }
     }
 

@@ -50,6 +50,18 @@ pub struct Admin {
     /// Per-key and per-team metric series.
     pub per_key_metrics: bool,
     pub metrics_require_token: bool,
+    /// Where runtime keys are kept when there is no shared Redis.
+    pub state_file: PathBuf,
+}
+
+/// The default key state file of the config at `source`: `<dir>/<stem>.keys.json`.
+pub fn default_key_state_file(source: &str) -> PathBuf {
+    let path = std::path::Path::new(source);
+    let stem = path.file_stem().map_or_else(
+        || "tollgate".to_owned(),
+        |s| s.to_string_lossy().into_owned(),
+    );
+    path.with_file_name(format!("{stem}.keys.json"))
 }
 
 /// The built authentication plugin (it holds key digests and JWT keys, never shown).

@@ -259,16 +259,19 @@ impl RedisStore {
         self.query(cmd).await
     }
 
-    /// Stores `value` under `name` for `ttl` (at least a millisecond).
+    /// Stores `value` under `name` for `ttl` (at least a millisecond), or for good.
     pub async fn set_bytes(
         &self,
         name: &str,
         value: &[u8],
-        ttl: Duration,
+        ttl: Option<Duration>,
     ) -> Result<(), StoreError> {
-        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
         let mut cmd = redis::cmd("SET");
-        cmd.arg(self.key(name)).arg(value).arg("PX").arg(ms);
+        cmd.arg(self.key(name)).arg(value);
+        if let Some(ttl) = ttl {
+            let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+            cmd.arg("PX").arg(ms);
+        }
         self.query(cmd).await
     }
 

@@ -158,6 +158,17 @@ impl KeyTable {
         self.entries.is_empty()
     }
 
+    pub fn principals(&self) -> Vec<(Principal, bool)> {
+        self.entries
+            .iter()
+            .map(|e| (e.principal.clone(), e.enabled))
+            .collect()
+    }
+
+    pub fn has_id(&self, id: &str) -> bool {
+        self.entries.iter().any(|e| e.principal.id == id)
+    }
+
     /// Looks a presented key up. Its cost is one SHA-256 of the key and one map lookup.
     pub fn lookup(&self, presented: &[u8]) -> KeyLookup<'_> {
         let digest = digest_of(presented);
@@ -182,7 +193,7 @@ pub(crate) fn digest_of(key: &[u8]) -> KeyDigest {
     Sha256::digest(key).into()
 }
 
-fn now_unix() -> i64 {
+pub(crate) fn now_unix() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))

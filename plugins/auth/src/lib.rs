@@ -16,6 +16,7 @@ mod config;
 mod jwt;
 mod keys;
 mod problem;
+mod runtime;
 
 use std::path::Path;
 
@@ -25,6 +26,7 @@ use tollgate_plugin::{Admission, HeaderMap, Plugin, Principal, Rejection, Reques
 pub use config::{Audience, AuthConfig, ClaimNames, JwtAlgorithm, JwtConfig, KeyConfig, Secret};
 pub use jwt::MAX_TOKEN_BYTES;
 pub use problem::ConfigProblem;
+pub use runtime::{RuntimeKey, RuntimeKeys};
 
 use jwt::JwtVerifier;
 use keys::{KeyLookup, KeyTable};
@@ -36,6 +38,8 @@ pub const MAX_KEY_BYTES: usize = 4 * 1024;
 /// The authentication plugin, built from an [`AuthConfig`].
 pub struct AuthPlugin {
     keys: KeyTable,
+    /// Keys managed at run time, and ids switched off (see [`RuntimeKeys`]).
+    runtime: std::sync::OnceLock<std::sync::Arc<RuntimeKeys>>,
     jwt: Option<JwtVerifier>,
     required: bool,
 }
@@ -71,6 +75,7 @@ impl AuthPlugin {
         }
         Ok(AuthPlugin {
             keys,
+            runtime: std::sync::OnceLock::new(),
             jwt,
             required: config.required.unwrap_or(true),
         })
@@ -104,18 +109,41 @@ impl AuthPlugin {
         self.api_key(credential).map(Some)
     }
 
+    /// Takes keys managed at run time into account too (once; later calls are ignored).
+    pub fn attach_runtime_keys(&self, runtime: std::sync::Arc<RuntimeKeys>) {
+        let _ = self.runtime.set(runtime);
+    }
+
+    /// Whether `id` names a configured key.
+    pub fn has_key_id(&self, id: &str) -> bool {
+        self.keys.has_id(id)
+    }
+
+    /// The configured keys: who each one is, and whether the file enables it.
+    pub fn configured_keys(&self) -> Vec<(Principal, bool)> {
+        self.keys.principals()
+    }
+
     fn api_key(&self, key: &str) -> Result<Principal, Rejection> {
-        if key.len() > MAX_KEY_BYTES || self.keys.is_empty() {
+        if key.len() > MAX_KEY_BYTES {
             return Err(unknown_key(key));
         }
-        match self.keys.lookup(key.as_bytes()) {
+        let runtime = self.runtime.get();
+        let switched_off = |id: &str| runtime.is_some_and(|r| r.is_disabled(id));
+        let lookup = if self.keys.is_empty() {
+            KeyLookup::Unknown
+        } else {
+            self.keys.lookup(key.as_bytes())
+        };
+        match lookup {
+            KeyLookup::Valid(entry) if switched_off(&entry.principal.id) => {
+                tracing::debug!(key = %entry.principal.id, "Disabled API key refused");
+                Err(disabled_key(key))
+            }
             KeyLookup::Valid(entry) => Ok(entry.principal.clone()),
             KeyLookup::Disabled(entry) => {
                 tracing::debug!(key = %entry.principal.id, "Disabled API key refused");
-                Err(auth_rejection(
-                    "invalid_api_key",
-                    format!("The API key provided ({}) is disabled.", mask_key(key)),
-                ))
+                Err(disabled_key(key))
             }
             KeyLookup::Expired(entry) => {
                 tracing::debug!(key = %entry.principal.id, "Expired API key refused");
@@ -124,7 +152,24 @@ impl AuthPlugin {
                     format!("The API key provided ({}) has expired.", mask_key(key)),
                 ))
             }
-            KeyLookup::Unknown => Err(unknown_key(key)),
+            KeyLookup::Unknown => match runtime
+                .filter(|r| r.has_keys())
+                .and_then(|r| r.lookup(key.as_bytes()))
+            {
+                None => Err(unknown_key(key)),
+                Some(entry) if !entry.enabled || switched_off(&entry.principal.id) => {
+                    tracing::debug!(key = %entry.principal.id, "Disabled API key refused");
+                    Err(disabled_key(key))
+                }
+                Some(entry) if entry.expires_at.is_some_and(|at| keys::now_unix() >= at) => {
+                    tracing::debug!(key = %entry.principal.id, "Expired API key refused");
+                    Err(auth_rejection(
+                        "invalid_api_key",
+                        format!("The API key provided ({}) has expired.", mask_key(key)),
+                    ))
+                }
+                Some(entry) => Ok(entry.principal.clone()),
+            },
         }
     }
 }
@@ -160,6 +205,13 @@ impl Plugin for AuthPlugin {
             reason: "model_not_allowed",
         })
     }
+}
+
+fn disabled_key(key: &str) -> Rejection {
+    auth_rejection(
+        "invalid_api_key",
+        format!("The API key provided ({}) is disabled.", mask_key(key)),
+    )
 }
 
 // === credentials ===

@@ -16,7 +16,7 @@ mod window;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -37,6 +37,8 @@ pub struct LimitsPlugin {
 
 struct Inner {
     quotas: Quotas,
+    /// Per-key limits set at run time, over `quotas.keys`.
+    runtime: std::sync::OnceLock<Arc<RuntimeLimits>>,
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     /// Models already warned about for having no price.
@@ -51,6 +53,18 @@ enum Scope {
     Tier,
     Model,
     Rule(usize),
+}
+
+impl Scope {
+    fn name(self) -> &'static str {
+        match self {
+            Scope::Key => "key",
+            Scope::Team => "team",
+            Scope::Tier => "tier",
+            Scope::Model => "model",
+            Scope::Rule(_) => "rule",
+        }
+    }
 }
 
 /// What a counter counts.
@@ -111,11 +125,113 @@ impl LimitsPlugin {
         LimitsPlugin {
             inner: Arc::new(Inner {
                 quotas,
+                runtime: std::sync::OnceLock::new(),
                 store,
                 clock,
                 unpriced: Mutex::new(HashSet::new()),
             }),
         }
+    }
+}
+
+impl LimitsPlugin {
+    /// Takes per-key limits from `runtime` too (they win over the configured ones; once,
+    /// later calls are ignored). The engine keeps one [`RuntimeLimits`] for the process
+    /// and hands it to each plugin it builds, so runtime limits outlive config reloads.
+    pub fn attach_runtime_limits(&self, runtime: Arc<RuntimeLimits>) {
+        let _ = self.inner.runtime.set(runtime);
+    }
+
+    /// Every counter that applies to `principal` (its key, team and tier; model limits
+    /// aside), with what is used and what is left now.
+    pub async fn usage(&self, principal: &Principal) -> Result<Vec<UsageLine>, StoreError> {
+        let inner = &self.inner;
+        let now = inner.clock.now_ms();
+        let headers = tollgate_plugin::HeaderMap::new();
+        let request = Request {
+            headers: &headers,
+            model: "",
+            stream: false,
+            max_tokens: Some(0),
+            prompt_tokens: 0,
+            request_id: "",
+        };
+        let mut reservation = Reservation {
+            prompt: 0,
+            completion: 0,
+            micro_usd: 0,
+        };
+        let plan = inner.plan(&request, principal, &mut reservation, now);
+        let keys: Vec<String> = plan.acquires.iter().map(|a| a.key.clone()).collect();
+        let used = inner.store.get(&keys).await?;
+        Ok(plan
+            .acquires
+            .iter()
+            .zip(&plan.meta)
+            .zip(used)
+            .map(|((a, m), used)| {
+                let (metric, window) = match m.metric {
+                    Metric::Requests { .. } => ("requests_per_minute", None),
+                    Metric::Tokens { .. } => ("tokens_per_minute", None),
+                    Metric::Concurrency => ("concurrent_requests", None),
+                    Metric::Budget {
+                        unit: Unit::Tokens,
+                        window,
+                        ..
+                    } => ("budget_tokens", Some(window.name())),
+                    Metric::Budget {
+                        unit: Unit::MicroUsd,
+                        window,
+                        ..
+                    } => ("budget_micro_usd", Some(window.name())),
+                };
+                UsageLine {
+                    scope: m.scope.name(),
+                    metric,
+                    window,
+                    used,
+                    limit: a.limit,
+                }
+            })
+            .collect())
+    }
+}
+
+/// One counter of [`LimitsPlugin::usage`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageLine {
+    /// `key`, `team`, `tier` or `rule`.
+    pub scope: &'static str,
+    /// `requests_per_minute`, `tokens_per_minute`, `concurrent_requests`,
+    /// `budget_tokens` or `budget_micro_usd`.
+    pub metric: &'static str,
+    /// A budget's window (`hour`, `day`, `month`, `lifetime`).
+    pub window: Option<&'static str>,
+    pub used: u64,
+    pub limit: u64,
+}
+
+/// Per-key limits set at run time (by the admin API), over the configured `quotas.keys`.
+#[derive(Default)]
+pub struct RuntimeLimits {
+    keys: std::sync::RwLock<Arc<HashMap<String, Limits>>>,
+}
+
+impl RuntimeLimits {
+    /// Replaces every runtime limit; checked like `quotas.keys` (paths under `keys`).
+    pub fn replace(&self, keys: BTreeMap<String, Quota>) -> Result<(), Vec<QuotaError>> {
+        let built = QuotasConfig {
+            keys,
+            ..QuotasConfig::default()
+        }
+        .build()?;
+        let mut current = self.keys.write().unwrap_or_else(|p| p.into_inner());
+        *current = Arc::new(built.keys);
+        Ok(())
+    }
+
+    fn current(&self) -> Arc<HashMap<String, Limits>> {
+        self.keys.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 
@@ -172,13 +288,17 @@ impl Inner {
         now: u64,
     ) -> Plan {
         let q = &self.quotas;
+        let runtime = self.runtime.get().map(|r| r.current()).unwrap_or_default();
         let mut scoped: Vec<(Scope, &Limits, String)> = Vec::new();
         let scope_name = |kind: &str, id: &str| {
             let mut name = String::from(kind);
             push_part(&mut name, id);
             name
         };
-        if let Some(l) = q.keys.get(&principal.id) {
+        if let Some(l) = runtime
+            .get(&principal.id)
+            .or_else(|| q.keys.get(&principal.id))
+        {
             scoped.push((Scope::Key, l, scope_name("key", &principal.id)));
         }
         if let Some(team) = &principal.team

@@ -2,9 +2,12 @@
 //! for operators behind `admin.token` (`Authorization: Bearer <token>`):
 //!
 //! - `GET /admin/pools`: pools and endpoints with health, breaker state and load;
-//! - `GET /admin/config`: the running config file, secrets redacted.
+//! - `GET /admin/config`: the running config file, secrets redacted;
+//! - `/admin/keys`: gateway keys at run time (see [`keys`]).
 //!
 //! Errors are OpenAI-shaped, like the client API's.
+
+mod keys;
 
 use std::sync::Arc;
 
@@ -17,6 +20,7 @@ use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 
 use crate::error::error_body;
+use crate::key_admin::KeyRegistry;
 use crate::state::State;
 use crate::upstream::breaker::BreakerState;
 
@@ -30,14 +34,20 @@ const SECRET_KEYS: &[&str] = &[
     "password",
 ];
 
+/// The largest admin request body read.
+const MAX_BODY: usize = 64 * 1024;
+
+type Reply = Response<Vec<u8>>;
+
 pub struct AdminApp {
     state: Arc<ArcSwap<State>>,
+    registry: Arc<KeyRegistry>,
 }
 
 impl AdminApp {
-    pub fn new(state: Arc<ArcSwap<State>>) -> Self {
+    pub fn new(state: Arc<ArcSwap<State>>, registry: Arc<KeyRegistry>) -> Self {
         crate::request_metrics::init();
-        AdminApp { state }
+        AdminApp { state, registry }
     }
 }
 
@@ -46,7 +56,7 @@ impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let state = self.state.load_full();
         let req = session.req_header();
-        let path = req.uri.path().to_owned();
+        let path = req.uri.path().trim_end_matches('/').to_owned();
         let method = req.method.clone();
         let Some(admin) = state.config.admin.as_ref() else {
             return error(StatusCode::NOT_FOUND, "not_found", "No admin listener.");
@@ -57,15 +67,9 @@ impl ServeHttp for AdminApp {
                 .as_ref()
                 .is_some_and(|t| bool::from(t.expose().as_bytes().ct_eq(given.as_bytes())))
         });
-        if method != http::Method::GET && method != http::Method::HEAD {
-            return error(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                &format!("{method} is not allowed on {path}."),
-            );
-        }
+        let read_only = method == http::Method::GET || method == http::Method::HEAD;
         match path.as_str() {
-            "/metrics" => {
+            "/metrics" if read_only => {
                 if admin.metrics_require_token && !authorized {
                     return unauthorized();
                 }
@@ -76,19 +80,61 @@ impl ServeHttp for AdminApp {
                     crate::metrics::render().into_bytes(),
                 )
             }
-            "/admin/pools" | "/admin/config" if admin.token.is_none() => error(
+            p if p.starts_with("/admin/") && admin.token.is_none() => error(
                 StatusCode::NOT_FOUND,
                 "admin_api_off",
                 "The admin API is off: set admin.token to turn it on.",
             ),
-            "/admin/pools" | "/admin/config" if !authorized => unauthorized(),
-            "/admin/pools" => json_response(&pools(&state)),
-            "/admin/config" => json_response(&redacted_config(&state.config.text)),
+            p if p.starts_with("/admin/") && !authorized => unauthorized(),
+            "/admin/pools" if read_only => json_response(StatusCode::OK, &pools(&state)),
+            "/admin/config" if read_only => {
+                json_response(StatusCode::OK, &redacted_config(&state.config.text))
+            }
+            p if p == "/admin/keys" || p.starts_with("/admin/keys/") => {
+                let body = match read_body(session).await {
+                    Ok(body) => body,
+                    Err(reply) => return reply,
+                };
+                let rest = &path["/admin/keys".len()..];
+                keys::handle(&self.registry, &state, &method, rest, &body).await
+            }
+            "/metrics" | "/admin/pools" | "/admin/config" => error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                &format!("{method} is not allowed on {path}."),
+            ),
             _ => error(
                 StatusCode::NOT_FOUND,
                 "unknown_url",
                 &format!("Unknown admin URL: {method} {path}."),
             ),
+        }
+    }
+}
+
+/// The request body, up to [`MAX_BODY`].
+async fn read_body(session: &mut ServerSession) -> Result<Vec<u8>, Reply> {
+    let mut body = Vec::new();
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > MAX_BODY {
+                    return Err(error(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "request_too_large",
+                        &format!("Admin request bodies are limited to {MAX_BODY} bytes."),
+                    ));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(body),
+            Err(e) => {
+                return Err(error(
+                    StatusCode::BAD_REQUEST,
+                    "incomplete_body",
+                    &format!("Reading the body failed: {e}"),
+                ));
+            }
         }
     }
 }
@@ -195,12 +241,8 @@ fn respond(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Ve
     r
 }
 
-fn json_response(value: &Value) -> Response<Vec<u8>> {
-    respond(
-        StatusCode::OK,
-        "application/json",
-        value.to_string().into_bytes(),
-    )
+fn json_response(status: StatusCode, value: &Value) -> Reply {
+    respond(status, "application/json", value.to_string().into_bytes())
 }
 
 fn error(status: StatusCode, code: &'static str, message: &str) -> Response<Vec<u8>> {
