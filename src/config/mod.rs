@@ -110,7 +110,7 @@ pub struct Target {
     pub weight: u32,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PoolSpec {
     pub name: String,
     pub provider: ProviderKind,
@@ -129,7 +129,7 @@ pub struct PoolSpec {
     pub max_response_bytes: usize,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Balance {
     pub strategy: Strategy,
     /// `consistent_hash`: session key sources, first present wins.
@@ -147,7 +147,7 @@ pub enum HashSource {
 }
 
 /// Settings of the `load_aware` strategy.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LoadAware {
     pub metrics_path: String,
     pub scrape_interval: Duration,
@@ -158,7 +158,7 @@ pub struct LoadAware {
     pub affinity_slack: f64,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct HealthCheck {
     /// Absolute path probed with GET; `None`: each endpoint's API prefix + `/models`.
     pub path: Option<String>,
@@ -168,7 +168,7 @@ pub struct HealthCheck {
     pub healthy_after: u32,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BreakerSettings {
     pub consecutive_failures: u32,
     pub failure_ratio: f64,
@@ -179,7 +179,7 @@ pub struct BreakerSettings {
     pub half_open_probes: u32,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RetryPolicy {
     /// Attempts on one pool per request, the first included.
     pub attempts: u32,
@@ -188,7 +188,7 @@ pub struct RetryPolicy {
     pub max_retry_after: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct EndpointSpec {
     /// The URL as configured, for logs.
     pub url: String,
@@ -204,7 +204,7 @@ pub struct EndpointSpec {
     pub weight: u32,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Timeouts {
     pub connect: Duration,
     pub first_byte: Duration,
@@ -212,7 +212,7 @@ pub struct Timeouts {
     pub total: Duration,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct MockSettings {
     pub chunk_delay: Duration,
     pub embedding_dims: usize,
