@@ -1,4 +1,6 @@
-//! `tollgate`: config → server → run.
+//! `tollgate`: config → server → run. SIGHUP or a change of the config file reloads it
+//! (see `tollgate::reload`); SIGTERM stops gracefully, SIGQUIT hands the listening sockets
+//! to a new process started with `-u`.
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::process::ExitCode;
@@ -6,6 +8,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use tikv_jemallocator::Jemalloc;
 use tollgate::cli::Cli;
+use tollgate::reload::{ConfigSource, Fingerprint, Hangups};
 use tollgate::server::{self, StartMode};
 
 /// jemalloc: cheaper per request than glibc's malloc, and with its background thread it
@@ -22,6 +25,15 @@ pub static malloc_conf: &[u8] = b"background_thread:true,dirty_decay_ms:1000,muz
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
+    // SIGHUP's default action ends the process: take it over before anything else, so one
+    // sent during startup waits for the reload service instead.
+    let hangups = Hangups::install()
+        .inspect_err(|e| tracing::warn!(error = %e, "Cannot handle SIGHUP; reloads follow file changes only"))
+        .ok();
+    // Absolute: daemon mode changes directory, and the file is read again on reloads.
+    let path = std::path::absolute(&cli.config).unwrap_or_else(|_| cli.config.clone());
+    // Seen before the load, so that a change during it shows at the first poll.
+    let loaded = Fingerprint::read(&path);
 
     let config = match tollgate::config::load(&cli.config) {
         Ok(c) => c,
@@ -45,7 +57,12 @@ fn main() -> ExitCode {
         upgrade: cli.upgrade,
         daemon: cli.daemon,
     };
-    match server::build(config, mode) {
+    let source = ConfigSource {
+        path,
+        loaded,
+        hangups,
+    };
+    match server::build(config, source, mode) {
         Ok(server) => {
             tracing::info!(version = env!("CARGO_PKG_VERSION"), "tollgate starting");
             server.run_forever()

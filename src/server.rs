@@ -1,5 +1,6 @@
 //! Builds the Pingora server from a validated config: server settings, listeners (plain
-//! HTTP/1.1, or TLS with ALPN h2 and HTTP/1.1), and the gateway service.
+//! HTTP/1.1, or TLS with ALPN h2 and HTTP/1.1), the gateway service, and the background
+//! services beside it: the upstream monitor and the config reload.
 
 use std::sync::Arc;
 
@@ -13,6 +14,7 @@ use pingora_core::services::background::background_service;
 use crate::config::Config;
 use crate::gateway::Gateway;
 use crate::monitor::Monitor;
+use crate::reload::{ConfigSource, Reloader};
 use crate::state::State;
 
 /// How the process was asked to start.
@@ -23,7 +25,8 @@ pub struct StartMode {
     pub daemon: bool,
 }
 
-pub fn build(config: Config, mode: StartMode) -> Result<Server, String> {
+/// The server for `config`, read from `source` (which the reload service watches).
+pub fn build(config: Config, source: ConfigSource, mode: StartMode) -> Result<Server, String> {
     let s = &config.server;
     let conf = ServerConf {
         threads: s.threads,
@@ -72,6 +75,9 @@ pub fn build(config: Config, mode: StartMode) -> Result<Server, String> {
         tracing::info!(address = %l.address, tls = l.tls.is_some(), "listening");
     }
     server.add_service(service);
-    server.add_service(background_service("upstream monitor", Monitor::new(state)));
+    let monitor = Monitor::new(state.clone());
+    let reloader = Reloader::new(source, state, monitor.pools_changed());
+    server.add_service(background_service("upstream monitor", monitor));
+    server.add_service(background_service("config reload", reloader));
     Ok(server)
 }
