@@ -372,3 +372,41 @@ async fn a_sighup_during_startup_neither_ends_the_process_nor_is_lost() {
     assert_eq!(status(&client(), &gw, "gpt-4o", None).await, 200);
     assert!(gw.wait_for_exit(Duration::ZERO).is_none(), "still running");
 }
+
+#[tokio::test]
+async fn a_pool_built_by_a_reload_is_probed_and_the_one_it_replaced_no_longer_is() {
+    let first = MockUpstream::start(Behavior::EchoChat);
+    let second = MockUpstream::start(Behavior::EchoChat);
+    let probed = |upstream: &MockUpstream| {
+        format!(
+            "server: {{pid_file: '{{PID_FILE}}', upgrade_sock: '{{UPGRADE_SOCK}}', threads: 2}}\n\
+             listeners:\n  - address: 127.0.0.1:{{PORT}}\n\
+             models:\n{}\
+             pools:\n  p:\n    provider: openai\n    endpoints: [{{url: '{}'}}]\n    health_check: {{interval: 100ms}}\n",
+            model("gpt-4o"),
+            upstream.url()
+        )
+    };
+    let gw = Gateway::start(&probed(&first));
+    assert!(
+        first.wait_for_probes(2, TIMEOUT).await,
+        "the first pool is probed"
+    );
+
+    rewrite(&gw, &probed(&second));
+    gw.signal("HUP");
+    assert!(
+        second.wait_for_probes(2, TIMEOUT).await,
+        "the new pool is not probed:\n{}",
+        gw.logs()
+    );
+    // The old pool is gone with the old state, and its probe loop with it.
+    let settled = first.probe_count();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        first.probe_count() <= settled + 1,
+        "the replaced pool is still probed"
+    );
+    assert_eq!(status(&client(), &gw, "gpt-4o", None).await, 200);
+    assert_eq!(second.request_count(), 1);
+}

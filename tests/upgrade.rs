@@ -199,9 +199,15 @@ async fn sigterm_lets_the_open_stream_finish_then_exits_and_refuses_connections(
         .unwrap()
         .unwrap();
     assert_complete(&text);
+    // The mock marks its stream complete just after its last write, which the client may
+    // see first.
     assert!(
-        upstream.streams()[0].completed && !upstream.streams()[0].peer_closed,
-        "the upstream stream was not cut"
+        eventually(TIMEOUT, || upstream.streams()[0].completed).await,
+        "the upstream stream did not complete"
+    );
+    assert!(
+        !upstream.streams()[0].peer_closed,
+        "the upstream stream was cut"
     );
 
     // The grace period, then up to `graceful_shutdown_timeout_seconds`, plus slack.
