@@ -71,6 +71,8 @@ impl Default for KeyRecord {
 pub enum Persist {
     Redis(RedisOptions),
     File(PathBuf),
+    /// Nowhere: there is no admin API to make any.
+    Nowhere,
 }
 
 /// Why a change was refused.
@@ -105,6 +107,7 @@ impl KeyRegistry {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
                 Err(e) => return Err(format!("{}: {e}", path.display())),
             },
+            Persist::Nowhere => BTreeMap::new(),
             Persist::Redis(options) => {
                 // A store of its own on a runtime of its own: the connection it makes
                 // belongs to that runtime.
@@ -123,7 +126,7 @@ impl KeyRegistry {
         };
         let redis = match &persist {
             Persist::Redis(options) => Some(RedisStore::new(options).map_err(|e| e.to_string())?),
-            Persist::File(_) => None,
+            Persist::File(_) | Persist::Nowhere => None,
         };
         let registry = KeyRegistry {
             records: Mutex::new(BTreeMap::new()),
@@ -140,6 +143,17 @@ impl KeyRegistry {
         }
         *registry.records.try_lock().map_err(|e| e.to_string())? = records;
         Ok(registry)
+    }
+
+    /// A registry with no keys, keeping nothing (no admin API).
+    pub fn nowhere() -> KeyRegistry {
+        KeyRegistry {
+            records: Mutex::new(BTreeMap::new()),
+            keys: Arc::default(),
+            limits: Arc::default(),
+            persist: Persist::Nowhere,
+            redis: None,
+        }
     }
 
     /// Every record, by id.
@@ -204,6 +218,7 @@ impl KeyRegistry {
                 .await
                 .map_err(|e| KeyError::Unavailable(format!("{}: {e}", path.display()))),
             (Persist::Redis(_), None) => Err(KeyError::Unavailable("no Redis store".into())),
+            (Persist::Nowhere, _) => Err(KeyError::Unavailable("no admin API".into())),
         }
     }
 }

@@ -4,7 +4,8 @@
 //! (model `catalog`, upstream pools); `server` turns it into a Pingora server whose one
 //! service, `gateway`, hands each request to `handler`; `upstream` forwards to real
 //! endpoints or answers with the built-in mock; `openai` holds the wire format, `error`
-//! the one error type, `respond` the gateway's own responses. `cache` is the response
+//! the one error type, `respond` the gateway's own responses; `reload` swaps in a new
+//! state on SIGHUP or a change of the config file. `cache` is the response
 //! cache, `store` the shared state (Redis) behind limits and the cache, `metrics` the
 //! Prometheus registry.
 #![cfg_attr(
@@ -24,9 +25,11 @@ pub mod error;
 pub mod gateway;
 pub mod handler;
 pub mod key_admin;
+pub mod logging;
 pub mod metrics;
 pub mod monitor;
 pub mod openai;
+pub mod reload;
 pub mod request_metrics;
 pub mod respond;
 pub mod route;

@@ -1,4 +1,6 @@
-//! `tollgate`: config → server → run.
+//! `tollgate`: config → server → run. SIGHUP or a change of the config file reloads it
+//! (see `tollgate::reload`); SIGTERM stops gracefully, SIGQUIT hands the listening sockets
+//! to a new process started with `-u`.
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::process::ExitCode;
@@ -6,6 +8,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use tikv_jemallocator::Jemalloc;
 use tollgate::cli::Cli;
+use tollgate::reload::{ConfigSource, Fingerprint, Hangups};
 use tollgate::server::{self, StartMode};
 
 /// jemalloc: cheaper per request than glibc's malloc, and with its background thread it
@@ -21,7 +24,13 @@ pub static malloc_conf: &[u8] = b"background_thread:true,dirty_decay_ms:1000,muz
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    // SIGHUP's default action ends the process: take it over before anything else, so one
+    // sent during startup waits for the reload service instead.
+    let hangups = Hangups::install();
+    // Absolute: daemon mode changes directory, and the file is read again on reloads.
+    let path = std::path::absolute(&cli.config).unwrap_or_else(|_| cli.config.clone());
+    // Seen before the load, so that a change during it shows at the first poll.
+    let loaded = Fingerprint::read(&path);
 
     let config = match tollgate::config::load(&cli.config) {
         Ok(c) => c,
@@ -39,13 +48,26 @@ fn main() -> ExitCode {
         println!("{}: ok", cli.config.display());
         return ExitCode::SUCCESS;
     }
+    // The logs are set up by the config (`log:`), so after it is read.
+    if let Err(e) = tollgate::logging::init(&config.log) {
+        eprintln!("tollgate: {e}");
+        return ExitCode::FAILURE;
+    }
+    let hangups = hangups
+        .inspect_err(|e| tracing::warn!(error = %e, "Cannot handle SIGHUP; reloads follow file changes only"))
+        .ok();
     tracing::info!(config = %cli.config.display(), models = config.models.len(), pools = config.pools.len(), threads = config.server.threads, "config loaded");
 
     let mode = StartMode {
         upgrade: cli.upgrade,
         daemon: cli.daemon,
     };
-    match server::build(config, mode) {
+    let source = ConfigSource {
+        path,
+        loaded,
+        hangups,
+    };
+    match server::build(config, source, mode) {
         Ok(server) => {
             tracing::info!(version = env!("CARGO_PKG_VERSION"), "tollgate starting");
             server.run_forever()
@@ -55,15 +77,4 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// Logs go to stderr; `RUST_LOG` sets the filter (default `info`).
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
 }

@@ -1,5 +1,6 @@
 //! Builds the Pingora server from a validated config: server settings, listeners (plain
-//! HTTP/1.1, or TLS with ALPN h2 and HTTP/1.1), and the gateway service.
+//! HTTP/1.1, or TLS with ALPN h2 and HTTP/1.1), the gateway service, and the background
+//! services beside it: the upstream monitor and the config reload.
 
 use std::sync::Arc;
 
@@ -15,6 +16,7 @@ use crate::config::Config;
 use crate::gateway::Gateway;
 use crate::key_admin::{KeyRegistry, Persist};
 use crate::monitor::Monitor;
+use crate::reload::{ConfigSource, Reloader};
 use crate::state::State;
 use crate::store::{Backend, RedisOptions};
 
@@ -26,7 +28,8 @@ pub struct StartMode {
     pub daemon: bool,
 }
 
-pub fn build(config: Config, mode: StartMode) -> Result<Server, String> {
+/// The server for `config`, read from `source` (which the reload service watches).
+pub fn build(config: Config, source: ConfigSource, mode: StartMode) -> Result<Server, String> {
     let s = &config.server;
     let conf = ServerConf {
         threads: s.threads,
@@ -56,9 +59,10 @@ pub fn build(config: Config, mode: StartMode) -> Result<Server, String> {
         &server.configuration,
     )));
     let registry = Arc::new(KeyRegistry::load(key_persistence(&config))?);
-    let state = Arc::new(ArcSwap::from_pointee(
-        State::build(config)?.with_runtime_keys(&registry),
-    ));
+    let state = Arc::new(ArcSwap::from_pointee(State::build(
+        config,
+        registry.clone(),
+    )?));
     let mut service = pingora_proxy::http_proxy_service_with_name(
         &server.configuration,
         Gateway::new(state.clone(), connector),
@@ -88,13 +92,19 @@ pub fn build(config: Config, mode: StartMode) -> Result<Server, String> {
         tracing::info!(address = %admin.address, api = admin.token.is_some(), "admin listening");
         server.add_service(service);
     }
-    server.add_service(background_service("upstream monitor", Monitor::new(state)));
+    let monitor = Monitor::new(state.clone());
+    let reloader = Reloader::new(source, state, monitor.pools_changed());
+    server.add_service(background_service("upstream monitor", monitor));
+    server.add_service(background_service("config reload", reloader));
     Ok(server)
 }
 
 /// Where the keys managed at run time are kept: the shared Redis when limits are counted
-/// there, else the admin state file.
+/// there, else the admin state file; nowhere without an admin listener.
 fn key_persistence(config: &Config) -> Persist {
+    if config.admin.is_none() {
+        return Persist::Nowhere;
+    }
     if config.state.backend == Backend::Redis {
         let r = &config.state.redis;
         return Persist::Redis(RedisOptions {
@@ -103,9 +113,8 @@ fn key_persistence(config: &Config) -> Persist {
             timeout: r.timeout.max(std::time::Duration::from_secs(2)),
         });
     }
-    let file = match &config.admin {
-        Some(admin) => admin.state_file.clone(),
-        None => crate::config::default_key_state_file(&config.source),
-    };
-    Persist::File(file)
+    match &config.admin {
+        Some(admin) => Persist::File(admin.state_file.clone()),
+        None => Persist::Nowhere,
+    }
 }

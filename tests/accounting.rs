@@ -55,7 +55,7 @@ async fn usage_is_asked_for_and_kept_from_a_client_that_did_not_ask() {
     }
     // The gateway recorded the upstream's usage (the log line follows the response).
     let (prompt, completion) = ECHO_USAGE;
-    let logged = |l: &str| l.contains("route=\"chat_completions\"");
+    let logged = |l: &str| l.contains("\"route\":\"chat_completions\"");
     assert!(
         eventually(std::time::Duration::from_secs(5), || gw
             .logs()
@@ -67,9 +67,12 @@ async fn usage_is_asked_for_and_kept_from_a_client_that_did_not_ask() {
     );
     let logs = gw.logs();
     let line = logs.lines().rfind(|l| logged(l)).unwrap();
-    assert!(line.contains(&format!("prompt_tokens={prompt}")), "{line}");
     assert!(
-        line.contains(&format!("completion_tokens={completion}")),
+        line.contains(&format!("\"prompt_tokens\":{prompt},")),
+        "{line}"
+    );
+    assert!(
+        line.contains(&format!("\"completion_tokens\":{completion},")),
         "{line}"
     );
 }
@@ -118,7 +121,7 @@ async fn a_stream_cut_short_is_charged_what_was_streamed_counted_by_the_gateway(
     // Charged: the streamed text counted with o200k ("Hello world, this is cut short"
     // is 7 tokens), the prompt counted exactly (3 per message + "user" 1 + "Hello
     // world" 2 + 3 for the reply = 9), marked estimated.
-    let logged = |l: &str| l.contains("route=\"chat_completions\"");
+    let logged = |l: &str| l.contains("\"route\":\"chat_completions\"");
     assert!(
         eventually(std::time::Duration::from_secs(5), || gw
             .logs()
@@ -128,7 +131,7 @@ async fn a_stream_cut_short_is_charged_what_was_streamed_counted_by_the_gateway(
     );
     let logs = gw.logs();
     let line = logs.lines().rfind(|l| logged(l)).unwrap();
-    assert!(line.contains("usage_estimated=true"), "{line}");
-    assert!(line.contains("completion_tokens=7"), "{line}");
-    assert!(line.contains("prompt_tokens=9"), "{line}");
+    assert!(line.contains("\"usage_estimated\":true"), "{line}");
+    assert!(line.contains("\"completion_tokens\":7,"), "{line}");
+    assert!(line.contains("\"prompt_tokens\":9,"), "{line}");
 }

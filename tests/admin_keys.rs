@@ -28,7 +28,7 @@ fn gateway(
             r.url()
         )
     });
-    Gateway::start(&format!(
+    let gw = Gateway::start(&format!(
         "server: {{pid_file: '{{PID_FILE}}', upgrade_sock: '{{UPGRADE_SOCK}}', threads: 2}}\n\
          listeners:\n  - address: 127.0.0.1:{{PORT}}\n\
          models:\n  gpt-4o:\n    targets: [{{pool: p}}]\n\
@@ -37,7 +37,16 @@ fn gateway(
          admin:\n  address: 127.0.0.1:{admin_port}\n  token: {ADMIN_TOKEN}\n  state_file: '{}'\n{state}",
         upstream.url(),
         state_file.display(),
-    ))
+    ));
+    // The admin listener is a service of its own: it may come up just after /health.
+    assert!(
+        wait_until(std::time::Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", admin_port)).is_ok()
+        }),
+        "the admin listener did not come up:\n{}",
+        gw.logs()
+    );
+    gw
 }
 
 struct Admin {

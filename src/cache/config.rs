@@ -15,7 +15,7 @@ use tollgate_plugin::ModelFilter;
 /// units, at most `u16::MAX` of them).
 pub const MAX_ENTRY_BYTES: usize = u16::MAX as usize * super::memory::WEIGHT_UNIT;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CacheConfig {
     #[serde(default)]
@@ -54,7 +54,7 @@ pub struct CacheConfig {
 }
 
 /// Settings a model or key rule may override.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CacheRule {
     pub enabled: Option<bool>,

@@ -48,6 +48,48 @@ pub struct FileConfig {
     pub cache: Option<crate::cache::CacheConfig>,
     /// The admin listener (metrics, admin API); absent: none.
     pub admin: Option<AdminSection>,
+    /// Where the logs go.
+    #[serde(default)]
+    pub log: LogSection,
+}
+
+/// The gateway's own log and the access log.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSection {
+    /// The gateway's own log: a `RUST_LOG`-style filter (`RUST_LOG` wins when set).
+    #[serde(default = "default_log_level")]
+    pub level: String,
+    #[serde(default)]
+    pub format: super::LogFormat,
+    /// `stderr` (default), `stdout`, `off`, or a file path (appended to).
+    #[serde(default = "default_access_destination")]
+    pub access: String,
+    #[serde(default = "default_access_format")]
+    pub access_format: super::LogFormat,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        LogSection {
+            level: default_log_level(),
+            format: super::LogFormat::default(),
+            access: default_access_destination(),
+            access_format: default_access_format(),
+        }
+    }
+}
+
+fn default_log_level() -> String {
+    "info".into()
+}
+
+fn default_access_destination() -> String {
+    "stderr".into()
+}
+
+fn default_access_format() -> super::LogFormat {
+    super::LogFormat::Json
 }
 
 /// A listener apart from client traffic for `/metrics` and the admin API.

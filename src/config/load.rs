@@ -195,6 +195,7 @@ impl Validator<'_> {
         }
         let cache = raw.cache.and_then(|c| self.cache(c, &models, &raw.state));
         let admin = raw.admin.map(|a| self.admin(a, &listeners));
+        let log = self.log(raw.log);
         Config {
             source: self.file.to_owned(),
             text: String::new(),
@@ -209,6 +210,40 @@ impl Validator<'_> {
             state: raw.state,
             cache,
             admin,
+            log,
+        }
+    }
+
+    fn log(&mut self, l: file::LogSection) -> super::LogSettings {
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&l.level) {
+            self.error(
+                Location::UNKNOWN,
+                "log.level",
+                format!("`{}`: {e}", l.level),
+            );
+        }
+        let access = match l.access.trim() {
+            "stderr" => super::LogDestination::Stderr,
+            "stdout" => super::LogDestination::Stdout,
+            "off" => super::LogDestination::Off,
+            "" => {
+                self.error(Location::UNKNOWN, "log.access", "must not be empty");
+                super::LogDestination::Stderr
+            }
+            path => {
+                let p = std::path::PathBuf::from(path);
+                super::LogDestination::File(if p.is_relative() {
+                    self.base_dir.join(p)
+                } else {
+                    p
+                })
+            }
+        };
+        super::LogSettings {
+            level: l.level,
+            format: l.format,
+            access,
+            access_format: l.access_format,
         }
     }
 

@@ -39,6 +39,32 @@ pub struct Config {
     pub cache: Option<crate::cache::Policy>,
     /// The admin listener; `None`: none.
     pub admin: Option<Admin>,
+    pub log: LogSettings,
+}
+
+/// Where the logs go (set up once, at start).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogSettings {
+    pub level: String,
+    pub format: LogFormat,
+    pub access: LogDestination,
+    pub access_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogDestination {
+    Stderr,
+    Stdout,
+    Off,
+    File(PathBuf),
 }
 
 /// The admin listener's settings.
@@ -137,7 +163,7 @@ pub struct Target {
     pub weight: u32,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PoolSpec {
     pub name: String,
     pub provider: ProviderKind,
@@ -156,7 +182,7 @@ pub struct PoolSpec {
     pub max_response_bytes: usize,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Balance {
     pub strategy: Strategy,
     /// `consistent_hash`: session key sources, first present wins.
@@ -174,7 +200,7 @@ pub enum HashSource {
 }
 
 /// Settings of the `load_aware` strategy.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LoadAware {
     pub metrics_path: String,
     pub scrape_interval: Duration,
@@ -185,7 +211,7 @@ pub struct LoadAware {
     pub affinity_slack: f64,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct HealthCheck {
     /// Absolute path probed with GET; `None`: each endpoint's API prefix + `/models`.
     pub path: Option<String>,
@@ -195,7 +221,7 @@ pub struct HealthCheck {
     pub healthy_after: u32,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BreakerSettings {
     pub consecutive_failures: u32,
     pub failure_ratio: f64,
@@ -206,7 +232,7 @@ pub struct BreakerSettings {
     pub half_open_probes: u32,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RetryPolicy {
     /// Attempts on one pool per request, the first included.
     pub attempts: u32,
@@ -215,7 +241,7 @@ pub struct RetryPolicy {
     pub max_retry_after: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct EndpointSpec {
     /// The URL as configured, for logs.
     pub url: String,
@@ -231,7 +257,7 @@ pub struct EndpointSpec {
     pub weight: u32,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Timeouts {
     pub connect: Duration,
     pub first_byte: Duration,
@@ -239,7 +265,7 @@ pub struct Timeouts {
     pub total: Duration,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct MockSettings {
     pub chunk_delay: Duration,
     pub embedding_dims: usize,

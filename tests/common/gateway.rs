@@ -208,6 +208,79 @@ impl Gateway {
     pub fn wait_for_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
         wait_with_timeout(&mut self.child, timeout)
     }
+
+    /// Spawns the gateway on `yaml` (placeholders filled) and returns at once, without
+    /// waiting for it to answer: for tests of what happens during startup. Then
+    /// [`wait_until_ready`](Self::wait_until_ready) waits as [`start`](Self::start) does.
+    pub fn spawn(yaml: &str) -> Gateway {
+        let dir = tempfile::tempdir().expect("temp dir for gateway");
+        let port = free_port();
+        let config_path = write_config(dir.path(), yaml, port);
+        let log_path = dir.path().join("tollgate.log");
+        let (stdout, stderr) = log_outputs(&log_path);
+        let child = Command::new(TOLLGATE_BIN)
+            .arg("-c")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn tollgate");
+        Gateway {
+            child,
+            port,
+            config_path,
+            log_path,
+            dir,
+        }
+    }
+
+    /// Waits until `GET /health` answers 200; panics with the log if the process exits
+    /// or the startup timeout passes.
+    pub fn wait_until_ready(&mut self) {
+        if let Err(reason) = self.wait_until_healthy() {
+            // Dropping the gateway on the way out prints its log.
+            panic!("tollgate did not start: {reason}");
+        }
+    }
+
+    /// Starts a second gateway with `-u` (graceful upgrade) on `yaml`, its placeholders
+    /// filled as for `self`: the same port, pid file and upgrade socket. Its config and
+    /// log go to a temp dir of its own. Returns at once: the new process waits (about
+    /// 5 s, then gives up) for the old one to hand its listening sockets over, which the
+    /// old one does on SIGQUIT (see [`upgrade_sock`](Self::upgrade_sock)); meanwhile
+    /// `/health` still reaches the old process.
+    pub fn start_upgrade(&self, yaml: &str) -> Gateway {
+        let dir = tempfile::tempdir().expect("temp dir for the upgrading gateway");
+        let config_path = dir.path().join("config.yaml");
+        std::fs::write(&config_path, fill_placeholders(yaml, self.port, self.dir()))
+            .expect("write upgrading gateway config");
+        let log_path = dir.path().join("tollgate.log");
+        let (stdout, stderr) = log_outputs(&log_path);
+        let child = Command::new(TOLLGATE_BIN)
+            .arg("-u")
+            .arg("-c")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn tollgate -u");
+        Gateway {
+            child,
+            port: self.port,
+            config_path,
+            log_path,
+            dir,
+        }
+    }
+
+    /// `{UPGRADE_SOCK}` of a gateway made by [`start`](Self::start): the Unix socket a
+    /// process started with `-u` listens on for the listening sockets. (One made by
+    /// `start_upgrade` uses the socket of the gateway it upgrades.)
+    pub fn upgrade_sock(&self) -> PathBuf {
+        self.dir().join("upgrade.sock")
+    }
 }
 
 impl Drop for Gateway {

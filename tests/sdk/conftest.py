@@ -12,8 +12,8 @@ process (see upstream.py) for such pools to forward to.
 
 from __future__ import annotations
 
+import json
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -33,9 +33,6 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 STARTUP_TIMEOUT_S = 15.0
 STOP_TIMEOUT_S = 10.0
 LOG_TAIL_LINES = 40
-# One `key=value` or `key="quoted value"` field of an access log line (error_detail, the
-# last free-text field, is not needed by any test and may hold spaces unquoted).
-ACCESS_FIELD = re.compile(r'(\w+)=("[^"]*"|\S*)')
 
 # What the tests expect of the mock provider (see CONFIG_TEMPLATE).
 EMBEDDING_DIMS = 16
@@ -103,11 +100,16 @@ class Gateway:
             return []
         entries = []
         for line in text.splitlines():
-            if " access: request " not in line:
+            if not line.startswith("{"):
                 continue
-            fields = dict(
-                (k, v.strip('"')) for k, v in ACCESS_FIELD.findall(line.split(" access: request ", 1)[1])
-            )
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if entry.get("message") != "request":
+                continue
+            # Compared as strings, as the log's text form would show them.
+            fields = {k: json.dumps(v) if isinstance(v, bool) else str(v) for k, v in entry.items()}
             if all(fields.get(k) == str(v) for k, v in match.items()):
                 entries.append(fields)
         return entries

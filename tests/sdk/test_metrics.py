@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -73,6 +74,15 @@ def start(start_gateway, fake_upstream, name: str) -> tuple[Gateway, int]:
         ),
         name=name,
     )
+    # The admin listener is a service of its own: it may come up just after /health.
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", admin_port), timeout=1):
+                break
+        except OSError:
+            assert time.monotonic() < deadline, "the admin listener did not come up"
+            time.sleep(0.02)
     return gw, admin_port
 
 
