@@ -9,6 +9,11 @@
 //! with jittered exponential backoff, honouring `retry-after`. Once a byte has gone to
 //! the client nothing is retried. If every attempt failed, the client gets the last
 //! upstream error response as it was, or the gateway's own error.
+//!
+//! A pool with a `queue` admits each attempt first (see `upstream::queue`): the attempt
+//! holds a slot on its endpoint until it ends, and waits in the pool's queue, by its
+//! caller's priority, while no endpoint has room. A saturated pool that cannot take the
+//! request passes it to the next candidate, and its refusal is the error if none can.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +23,7 @@ use pingora_core::connectors::http::Connector;
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 use tokio::time::Instant;
+use tollgate_plugin::Principal;
 
 use crate::catalog::Resolved;
 use crate::config::{HashSource, Strategy};
@@ -27,6 +33,7 @@ use crate::openai::{InferenceRequest, Usage};
 use crate::state::State;
 use crate::tokens;
 use crate::upstream::breaker::Admit;
+use crate::upstream::queue::{Ask, Entry, Priority, Slot, Waited};
 use crate::upstream::{self, Attempt, Endpoint, Hints, Pool, Sent, StreamMode, balance};
 
 /// Largest upstream error body kept to hand to the client.
@@ -153,24 +160,41 @@ pub async fn dispatch(
             if left.is_zero() {
                 break 'candidates;
             }
-            let Some(i) = pool.pick(&hints, &tried) else {
-                // Every endpoint is down, open or resting. A short rest is waited out.
-                match shortest_rest(pool) {
-                    Some(wait) if wait <= policy.max_retry_after && wait < left => {
-                        if !pause(session, wait).await {
-                            ctx.delivery.client_gone = true;
-                            return Ok(());
+            let principal = ctx.principal.as_ref();
+            let (i, slot) = match admit(state, pool, session, principal, &hints, &tried, left).await
+            {
+                Admitted::Endpoint(i, slot) => (i, slot),
+                Admitted::ClientGone => {
+                    ctx.delivery.client_gone = true;
+                    return Ok(());
+                }
+                Admitted::Saturated(e) => {
+                    tracing::debug!(request_id = %ctx.request_id, pool = %pool.spec.name, error = %e, "pool saturated");
+                    last = Some(LastFailure::Error(e));
+                    continue 'candidates;
+                }
+                Admitted::NoUsableEndpoint => {
+                    // Every endpoint is down, open or resting. A short rest is waited out.
+                    match shortest_rest(pool) {
+                        Some(wait) if wait <= policy.max_retry_after && wait < left => {
+                            if !pause(session, wait).await {
+                                ctx.delivery.client_gone = true;
+                                return Ok(());
+                            }
+                            continue;
                         }
-                        continue;
-                    }
-                    _ => {
-                        last.get_or_insert_with(|| {
-                            LastFailure::Error(GatewayError::NoHealthyUpstream {
-                                model: req.model.clone(),
-                                detail: format!("pool `{}`: no usable endpoint", pool.spec.name),
-                            })
-                        });
-                        continue 'candidates;
+                        _ => {
+                            last.get_or_insert_with(|| {
+                                LastFailure::Error(GatewayError::NoHealthyUpstream {
+                                    model: req.model.clone(),
+                                    detail: format!(
+                                        "pool `{}`: no usable endpoint",
+                                        pool.spec.name
+                                    ),
+                                })
+                            });
+                            continue 'candidates;
+                        }
                     }
                 }
             };
@@ -335,6 +359,8 @@ pub async fn dispatch(
                 let extra = served_headers(ctx, &c, pool, Some(endpoint), made);
                 let header = exchange.header().clone();
                 exchange.release(connector).await;
+                // The endpoint is done with it; the client's download needs no slot.
+                drop(slot);
                 return upstream::deliver_whole(
                     session,
                     &header,
@@ -381,6 +407,73 @@ impl RequestCtx {
     fn served(&mut self, c: Resolved<'_>) {
         self.served_model = Some(c.model.to_owned());
         self.upstream_model = Some(c.upstream_model.to_owned());
+    }
+}
+
+/// Where an attempt may go on a pool.
+enum Admitted<'a> {
+    /// Endpoint `i`, with its slot when the pool queues.
+    Endpoint(usize, Option<Slot<'a>>),
+    /// No endpoint is usable (down, open or resting).
+    NoUsableEndpoint,
+    /// The pool is at capacity and the request cannot wait (longer) for room.
+    Saturated(GatewayError),
+    /// The client left while the request waited.
+    ClientGone,
+}
+
+/// Picks the endpoint for an attempt: at once on a pool without a queue; on a pool with
+/// one, an endpoint with room, waiting in the pool's queue by the caller's priority until
+/// one has room, the wait runs out, or the client leaves.
+async fn admit<'a>(
+    state: &'a State,
+    pool: &'a Pool,
+    session: &mut Session,
+    principal: Option<&Principal>,
+    hints: &Hints,
+    tried: &[usize],
+    left: Duration,
+) -> Admitted<'a> {
+    let pick = || match pool.pick(hints, tried) {
+        Some(i) => Admitted::Endpoint(i, None),
+        None => Admitted::NoUsableEndpoint,
+    };
+    let Some(queue) = pool.queue() else {
+        return pick();
+    };
+    let (index, class) = state.config.priorities.class_of(principal);
+    let ask = Ask {
+        hints: *hints,
+        tried,
+        caller: principal.map_or("anonymous", |p| p.id.as_str()),
+    };
+    let saturated = |cause| {
+        let retry_after = queue.settings().retry_after;
+        Admitted::Saturated(GatewayError::saturated(
+            &pool.spec.name,
+            cause,
+            class.sheddable,
+            retry_after,
+        ))
+    };
+    let Some(entry) = pool.admit(&ask, Priority { class, index }) else {
+        return pick();
+    };
+    let ticket = match entry {
+        Entry::Slot(slot) => return Admitted::Endpoint(slot.endpoint(), Some(slot)),
+        Entry::NoUsableEndpoint => return Admitted::NoUsableEndpoint,
+        Entry::Refused(cause) => return saturated(cause),
+        Entry::Queued(ticket) => ticket,
+    };
+    // Dropping the wait (the client left) leaves the queue at once.
+    let waited = tokio::select! {
+        waited = ticket.wait(left) => waited,
+        _ = session.as_downstream_mut().read_body_or_idle(true) => return Admitted::ClientGone,
+    };
+    match waited {
+        Waited::Slot(slot) => Admitted::Endpoint(slot.endpoint(), Some(slot)),
+        Waited::NoUsableEndpoint => Admitted::NoUsableEndpoint,
+        Waited::Refused(cause) => saturated(cause),
     }
 }
 

@@ -40,11 +40,44 @@ pub enum GatewayError {
     NoHealthyUpstream { model: String, detail: String },
     /// The request does not fit the context window of any model it may go to (400).
     ContextTooLong { tokens: u64, window: u64 },
+    /// Every endpoint of the pool is at capacity and the request could not wait for room
+    /// (see [`Saturation`]): 429 when its priority class is sheddable, else 503; both
+    /// with `retry-after`.
+    PoolSaturated {
+        pool: String,
+        cause: Saturation,
+        sheddable: bool,
+        /// `retry-after` and `retry-after-ms`.
+        headers: Vec<(&'static str, String)>,
+    },
     /// A plugin refused the request (401 unknown key, 403 model not allowed, 429 rate
     /// limit or budget …), with its own OpenAI error and headers.
     Rejected(Box<Rejection>),
     /// A bug or an impossible state (500).
     Internal(String),
+}
+
+/// Why a request found no room in a saturated pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Saturation {
+    /// The pool's queue, or its class's share of it, is full.
+    QueueFull,
+    /// It waited as long as it may (its class's or pool's `max_wait`, or the request's
+    /// deadline) without a free endpoint.
+    QueueTimeout,
+    /// Its place in a full queue went to a request of a higher priority level.
+    Shed,
+}
+
+impl Saturation {
+    /// The rejection label for logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Saturation::QueueFull => "queue_full",
+            Saturation::QueueTimeout => "queue_timeout",
+            Saturation::Shed => "queue_shed",
+        }
+    }
 }
 
 /// `{"error": {...}}`, exactly as OpenAI shapes it.
@@ -70,6 +103,25 @@ impl GatewayError {
         }
     }
 
+    /// A refusal by a saturated pool, with `retry_after` as its headers.
+    pub fn saturated(
+        pool: &str,
+        cause: Saturation,
+        sheddable: bool,
+        retry_after: std::time::Duration,
+    ) -> Self {
+        let ms = retry_after.as_millis().max(1);
+        GatewayError::PoolSaturated {
+            pool: pool.to_owned(),
+            cause,
+            sheddable,
+            headers: vec![
+                ("retry-after", ms.div_ceil(1000).to_string()),
+                ("retry-after-ms", ms.to_string()),
+            ],
+        }
+    }
+
     pub fn status(&self) -> u16 {
         match self {
             GatewayError::InvalidRequest { .. }
@@ -83,6 +135,10 @@ impl GatewayError {
             GatewayError::UpstreamTimeout { .. } => 504,
             GatewayError::NoHealthyUpstream { .. } => 503,
             GatewayError::ContextTooLong { .. } => 400,
+            GatewayError::PoolSaturated {
+                sheddable: true, ..
+            } => 429,
+            GatewayError::PoolSaturated { .. } => 503,
             GatewayError::Rejected(r) => r.status,
             GatewayError::Internal(_) => 500,
         }
@@ -92,14 +148,20 @@ impl GatewayError {
     pub fn headers(&self) -> &[(&'static str, String)] {
         match self {
             GatewayError::Rejected(r) => &r.headers,
+            GatewayError::PoolSaturated { headers, .. } => headers,
             _ => &[],
         }
     }
 
     /// OpenAI's `error.type`.
     pub fn kind(&self) -> &'static str {
-        if let GatewayError::Rejected(r) = self {
-            return r.kind;
+        match self {
+            GatewayError::Rejected(r) => return r.kind,
+            // OpenAI's type for a 429 that limits requests.
+            GatewayError::PoolSaturated {
+                sheddable: true, ..
+            } => return "requests",
+            _ => {}
         }
         // OpenAI reports every 4xx of this kind (unknown model included) as
         // `invalid_request_error`; 5xx as `server_error`.
@@ -126,6 +188,7 @@ impl GatewayError {
             GatewayError::UpstreamTimeout { .. } => "upstream_timeout",
             GatewayError::NoHealthyUpstream { .. } => "no_healthy_upstream",
             GatewayError::ContextTooLong { .. } => "context_length_exceeded",
+            GatewayError::PoolSaturated { .. } => "pool_saturated",
             GatewayError::Rejected(r) => r.code,
             GatewayError::Internal(_) => "internal_error",
         }
@@ -179,6 +242,21 @@ impl GatewayError {
                  requested about {tokens} tokens (messages plus max_tokens). Please reduce \
                  the length of the messages or of max_tokens."
             ),
+            GatewayError::PoolSaturated { pool, cause, .. } => {
+                let why = match cause {
+                    Saturation::QueueFull => "its queue is full",
+                    Saturation::QueueTimeout => {
+                        "the request waited as long as it may for a free endpoint"
+                    }
+                    Saturation::Shed => {
+                        "the request's place in the queue went to one of higher priority"
+                    }
+                };
+                format!(
+                    "Pool `{pool}` is saturated: every endpoint is at capacity and {why}. \
+                     Please retry after the time in `retry-after`."
+                )
+            }
             GatewayError::Rejected(r) => r.message.clone(),
             GatewayError::Internal(_) => "The gateway failed to handle the request.".into(),
         }
@@ -259,5 +337,25 @@ mod tests {
         assert!(!String::from_utf8_lossy(&e.body()).contains("10.0.0.7"));
         assert!(e.to_string().contains("10.0.0.7"));
         assert_eq!(e.status(), 502);
+    }
+
+    #[test]
+    fn a_saturated_pool_sheds_with_429_and_holds_with_503() {
+        let retry = std::time::Duration::from_millis(1500);
+        let shed = GatewayError::saturated("gpu", Saturation::QueueFull, true, retry);
+        assert_eq!((shed.status(), shed.kind()), (429, "requests"));
+        let held = GatewayError::saturated("gpu", Saturation::QueueTimeout, false, retry);
+        assert_eq!((held.status(), held.kind()), (503, "server_error"));
+        for e in [&shed, &held] {
+            assert_eq!(e.code(), "pool_saturated");
+            assert!(e.message().contains("Pool `gpu` is saturated"), "{e}");
+            assert_eq!(
+                e.headers(),
+                [
+                    ("retry-after", "2".to_owned()),
+                    ("retry-after-ms", "1500".to_owned())
+                ]
+            );
+        }
     }
 }

@@ -44,6 +44,7 @@ struct Metrics {
     endpoint_up: IntGaugeVec,
     endpoint_breaker: IntGaugeVec,
     endpoint_in_flight: IntGaugeVec,
+    queue_length: IntGaugeVec,
     redis_errors: IntCounterVec,
 }
 
@@ -89,7 +90,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     ),
     rejections: counter_vec(
         "tollgate_rejections_total",
-        "Requests refused by the gateway before any upstream answered, by reason (auth, model_not_allowed, rate_limit, budget, state_unavailable, body_too_large, invalid_request, unknown_model, context_too_long, method_not_allowed, unknown_url, timeout).",
+        "Requests refused by the gateway before any upstream answered, by reason (auth, model_not_allowed, rate_limit, budget, state_unavailable, body_too_large, invalid_request, unknown_model, context_too_long, method_not_allowed, unknown_url, timeout, queue_full, queue_timeout, queue_shed).",
         &["reason"],
     ),
     errors: counter_vec(
@@ -133,6 +134,11 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
         "Requests in flight on the endpoint.",
         &["pool", "endpoint"],
     ),
+    queue_length: gauge_vec(
+        "tollgate_queue_length",
+        "Requests waiting for a slot in a pool's queue, by pool and priority class.",
+        &["pool", "priority"],
+    ),
     redis_errors: counter_vec(
         "tollgate_redis_errors_total",
         "Redis calls that failed or timed out, by component (limits, cache).",
@@ -143,6 +149,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
 /// Registers every series (so a scrape shows them before the first request).
 pub fn init() {
     LazyLock::force(&METRICS);
+    crate::upstream::queue::init_metrics();
 }
 
 /// Counts a request in flight for as long as it lives.
@@ -279,6 +286,7 @@ fn rejection_reason(e: &GatewayError) -> Option<&'static str> {
         GatewayError::MethodNotAllowed { .. } => "method_not_allowed",
         GatewayError::UnknownRoute { .. } => "unknown_url",
         GatewayError::BodyTimeout => "timeout",
+        GatewayError::PoolSaturated { cause, .. } => cause.as_str(),
         GatewayError::UpstreamUnreachable { .. }
         | GatewayError::UpstreamProtocol { .. }
         | GatewayError::UpstreamTimeout { .. }
@@ -294,7 +302,16 @@ pub fn observe_endpoints(state: &State) {
     m.endpoint_up.reset();
     m.endpoint_breaker.reset();
     m.endpoint_in_flight.reset();
+    m.queue_length.reset();
     for pool in &state.pools {
+        if let Some(queue) = pool.queue() {
+            for (i, class) in state.config.priorities.classes.iter().enumerate() {
+                let waiting = i64::try_from(queue.waiting(i)).unwrap_or(i64::MAX);
+                m.queue_length
+                    .with_label_values(&[pool.spec.name.as_str(), class.name.as_str()])
+                    .set(waiting);
+            }
+        }
         if pool.is_mock() {
             continue;
         }

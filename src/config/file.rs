@@ -20,6 +20,13 @@ fn positive_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration,
     Ok(value)
 }
 
+/// An optional [`positive_duration`]; absent is `None`.
+fn positive_duration_opt<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Duration>, D::Error> {
+    positive_duration(d).map(Some)
+}
+
 /// A default value, which has no place in the file.
 fn unspanned<T>(value: T) -> Spanned<T> {
     Spanned::new(value, Location::UNKNOWN, Location::UNKNOWN)
@@ -51,6 +58,42 @@ pub struct FileConfig {
     /// Where the logs go.
     #[serde(default)]
     pub log: LogSection,
+    /// Priority classes of callers, for pools that queue (`pools.*.queue`); absent: one
+    /// class for everyone.
+    pub priorities: Option<PrioritiesSection>,
+}
+
+/// Named priority classes, and which callers belong to which.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrioritiesSection {
+    pub classes: Spanned<BTreeMap<String, PriorityClassSection>>,
+    /// The class of callers no `keys` or `tiers` entry names; may be left out when there
+    /// is one class.
+    pub default: Option<Spanned<String>>,
+    /// Class by key id (or JWT subject); before `tiers`.
+    #[serde(default)]
+    pub keys: BTreeMap<String, Spanned<String>>,
+    /// Class by the caller's tier.
+    #[serde(default)]
+    pub tiers: BTreeMap<String, Spanned<String>>,
+}
+
+/// One priority class.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PriorityClassSection {
+    /// Higher levels are served first; classes may share a level.
+    pub level: u32,
+    /// Longest wait in a pool's queue (the pool's own `max_wait` bounds it too).
+    #[serde(default, deserialize_with = "positive_duration_opt")]
+    pub max_wait: Option<Duration>,
+    /// Most requests of this class waiting in one pool's queue.
+    pub max_queue: Option<Spanned<usize>>,
+    /// Refused with 429 rather than 503 when it cannot wait, and may lose its place in
+    /// a full queue to a request of a higher level.
+    #[serde(default)]
+    pub sheddable: bool,
 }
 
 /// The gateway's own log and the access log.
@@ -273,6 +316,44 @@ pub struct PoolSection {
     /// Largest response accepted from an endpoint; a larger one is an upstream failure.
     #[serde(default = "default_max_response_bytes")]
     pub max_response_bytes: Spanned<usize>,
+    /// Admission control: requests over the endpoints' capacity wait here; absent: every
+    /// request is sent at once.
+    pub queue: Option<Spanned<QueueSection>>,
+}
+
+/// A pool's admission control: how many requests each endpoint takes, and how the rest
+/// wait.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueSection {
+    /// Requests in flight per endpoint (from this gateway instance).
+    pub max_in_flight_per_endpoint: Option<Spanned<u32>>,
+    /// `load_aware` pools: an endpoint whose scraped load is saturated (`max_waiting`,
+    /// `max_cache_usage`) counts as full too.
+    #[serde(default = "yes")]
+    pub load_signals: bool,
+    /// Most requests waiting in this pool's queue, all classes together.
+    #[serde(default = "default_queue_length")]
+    pub max_length: Spanned<usize>,
+    /// Longest wait for room, whatever the class.
+    #[serde(default = "default_queue_wait", deserialize_with = "positive_duration")]
+    pub max_wait: Duration,
+    /// `retry-after` on a refusal because the pool is saturated.
+    #[serde(
+        default = "default_queue_retry_after",
+        deserialize_with = "positive_duration"
+    )]
+    pub retry_after: Duration,
+}
+
+fn default_queue_length() -> Spanned<usize> {
+    unspanned(100)
+}
+fn default_queue_wait() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_queue_retry_after() -> Duration {
+    Duration::from_secs(1)
 }
 
 fn default_max_response_bytes() -> Spanned<usize> {

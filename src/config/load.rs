@@ -11,8 +11,8 @@ use serde_saphyr::{Location, Spanned};
 use super::file::{self, FileConfig, ProviderKind};
 use super::{
     Balance, BreakerSettings, Config, EndpointSpec, HashSource, HealthCheck, Limits, Listener,
-    ListenerTls, LoadAware, MockSettings, Model, PoolSpec, RetryPolicy, Routing, Secret,
-    ServerSettings, Target, Timeouts,
+    ListenerTls, LoadAware, MockSettings, Model, PoolSpec, Priorities, PriorityClass,
+    QueueSettings, RetryPolicy, Routing, Secret, ServerSettings, Strategy, Target, Timeouts,
 };
 
 /// One problem in a config file.
@@ -196,6 +196,10 @@ impl Validator<'_> {
         let cache = raw.cache.and_then(|c| self.cache(c, &models, &raw.state));
         let admin = raw.admin.map(|a| self.admin(a, &listeners));
         let log = self.log(raw.log);
+        let priorities = raw
+            .priorities
+            .map(|p| self.priorities(p))
+            .unwrap_or_default();
         Config {
             source: self.file.to_owned(),
             text: String::new(),
@@ -210,6 +214,7 @@ impl Validator<'_> {
             state: raw.state,
             cache,
             admin,
+            priorities,
             log,
         }
     }
@@ -245,6 +250,114 @@ impl Validator<'_> {
             access,
             access_format: l.access_format,
         }
+    }
+
+    fn priorities(&mut self, p: file::PrioritiesSection) -> Priorities {
+        if p.classes.value.is_empty() {
+            self.error(
+                p.classes.referenced,
+                "priorities.classes",
+                "at least one class is needed",
+            );
+            return Priorities::default();
+        }
+        let mut classes = Vec::new();
+        for (name, c) in &p.classes.value {
+            if let Some(max) = &c.max_queue {
+                self.at_least(max, 1, &format!("priorities.classes.{name}.max_queue"));
+            }
+            classes.push(PriorityClass {
+                name: name.clone(),
+                level: c.level,
+                max_wait: c.max_wait,
+                max_queue: c.max_queue.as_ref().map(|m| m.value),
+                sheddable: c.sheddable,
+            });
+        }
+        let index: HashMap<&str, usize> = p
+            .classes
+            .value
+            .keys()
+            .enumerate()
+            .map(|(i, name)| (name.as_str(), i))
+            .collect();
+        let class_named = |v: &mut Self, name: &Spanned<String>, path: String| {
+            let found = index.get(name.value.as_str()).copied();
+            if found.is_none() {
+                v.error(
+                    name.referenced,
+                    path,
+                    format!("no class named `{}` under `priorities.classes`", name.value),
+                );
+            }
+            found
+        };
+        let default = match &p.default {
+            Some(name) => class_named(self, name, "priorities.default".to_owned()).unwrap_or(0),
+            None if classes.len() == 1 => 0,
+            None => {
+                self.error(
+                    p.classes.referenced,
+                    "priorities.default",
+                    "name the class of callers no `keys` or `tiers` entry names",
+                );
+                0
+            }
+        };
+        let rules = |v: &mut Self, raw: &BTreeMap<String, Spanned<String>>, what: &str| {
+            raw.iter()
+                .filter_map(|(who, class)| {
+                    class_named(v, class, format!("priorities.{what}.{who}"))
+                        .map(|i| (who.clone(), i))
+                })
+                .collect::<HashMap<_, _>>()
+        };
+        let keys = rules(self, &p.keys, "keys");
+        let tiers = rules(self, &p.tiers, "tiers");
+        Priorities {
+            classes,
+            default,
+            keys,
+            tiers,
+        }
+    }
+
+    fn queue(
+        &mut self,
+        q: &Spanned<file::QueueSection>,
+        p: &file::PoolSection,
+        path: &str,
+    ) -> Option<QueueSettings> {
+        if p.provider == ProviderKind::Mock {
+            self.error(
+                q.referenced,
+                path,
+                "a `mock` pool answers locally and takes no queue",
+            );
+            return None;
+        }
+        let s = &q.value;
+        if let Some(max) = &s.max_in_flight_per_endpoint {
+            self.at_least(max, 1, &format!("{path}.max_in_flight_per_endpoint"));
+        } else if !(s.load_signals && p.balance.strategy == Strategy::LoadAware) {
+            self.error(
+                q.referenced,
+                path,
+                "needs `max_in_flight_per_endpoint` (or `balance.strategy: load_aware` with \
+                 `load_signals: true`) to tell when an endpoint is full",
+            );
+        }
+        self.at_least(&s.max_length, 1, &format!("{path}.max_length"));
+        Some(QueueSettings {
+            max_in_flight_per_endpoint: s
+                .max_in_flight_per_endpoint
+                .as_ref()
+                .map(|m| m.value.max(1)),
+            load_signals: s.load_signals,
+            max_length: s.max_length.value.max(1),
+            max_wait: s.max_wait,
+            retry_after: s.retry_after,
+        })
     }
 
     fn admin(&mut self, a: file::AdminSection, listeners: &[Listener]) -> super::Admin {
@@ -676,6 +789,10 @@ impl Validator<'_> {
             let balance = self.balance(&p.balance, &format!("{path}.balance"));
             let health_check = self.health_check(&p.health_check, &format!("{path}.health_check"));
             let breaker = self.breaker(&p.breaker, &format!("{path}.breaker"));
+            let queue = p
+                .queue
+                .as_ref()
+                .and_then(|q| self.queue(q, p, &format!("{path}.queue")));
             self.at_least(&p.retry.attempts, 1, &format!("{path}.retry.attempts"));
             self.at_least(
                 &p.max_response_bytes,
@@ -708,6 +825,7 @@ impl Validator<'_> {
                     max_retry_after: p.retry.max_retry_after,
                 },
                 max_response_bytes: p.max_response_bytes.value,
+                queue,
             });
         }
         out

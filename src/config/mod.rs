@@ -7,9 +7,13 @@
 mod file;
 mod load;
 
+use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::LazyLock;
 use std::time::Duration;
+
+use tollgate_plugin::Principal;
 
 pub use file::{ProviderKind, Strategy};
 pub use load::{ConfigError, ConfigErrors, load, parse};
@@ -39,6 +43,8 @@ pub struct Config {
     pub cache: Option<crate::cache::Policy>,
     /// The admin listener; `None`: none.
     pub admin: Option<Admin>,
+    /// Who waits ahead of whom in a pool's queue.
+    pub priorities: Priorities,
     pub log: LogSettings,
 }
 
@@ -180,6 +186,84 @@ pub struct PoolSpec {
     pub breaker: Option<BreakerSettings>,
     pub retry: RetryPolicy,
     pub max_response_bytes: usize,
+    /// Admission control; `None`: requests are sent at once.
+    pub queue: Option<QueueSettings>,
+}
+
+/// A pool's admission control (its `queue` section).
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueSettings {
+    /// Requests in flight per endpoint; `None`: bounded by the load signals only.
+    pub max_in_flight_per_endpoint: Option<u32>,
+    /// An endpoint whose scraped load is saturated counts as full.
+    pub load_signals: bool,
+    /// Most requests waiting, all classes together.
+    pub max_length: usize,
+    pub max_wait: Duration,
+    /// `retry-after` on a refusal.
+    pub retry_after: Duration,
+}
+
+/// Priority classes and who belongs to which.
+#[derive(Debug, Clone)]
+pub struct Priorities {
+    /// In file order (sorted by name); never empty.
+    pub classes: Vec<PriorityClass>,
+    /// Index into `classes` of callers no rule names.
+    pub default: usize,
+    /// Class index by key id (or JWT subject).
+    pub keys: HashMap<String, usize>,
+    /// Class index by tier.
+    pub tiers: HashMap<String, usize>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PriorityClass {
+    pub name: String,
+    /// Higher is served first.
+    pub level: u32,
+    pub max_wait: Option<Duration>,
+    pub max_queue: Option<usize>,
+    /// Refused with 429 (else 503), and may give its place to a higher level.
+    pub sheddable: bool,
+}
+
+/// The one class when the config names none.
+static DEFAULT_CLASS: LazyLock<PriorityClass> = LazyLock::new(|| PriorityClass {
+    name: "default".to_owned(),
+    level: 0,
+    max_wait: None,
+    max_queue: None,
+    sheddable: false,
+});
+
+impl Default for Priorities {
+    fn default() -> Self {
+        Priorities {
+            classes: vec![DEFAULT_CLASS.clone()],
+            default: 0,
+            keys: HashMap::new(),
+            tiers: HashMap::new(),
+        }
+    }
+}
+
+impl Priorities {
+    /// The caller's class and its index: by key id, else by tier, else the default.
+    pub fn class_of(&self, principal: Option<&Principal>) -> (usize, &PriorityClass) {
+        let named = principal.and_then(|p| {
+            self.keys.get(&p.id).or_else(|| {
+                p.tier
+                    .as_ref()
+                    .and_then(|tier| self.tiers.get(tier.as_str()))
+            })
+        });
+        let i = named.copied().unwrap_or(self.default);
+        match self.classes.get(i) {
+            Some(class) => (i, class),
+            None => (0, &DEFAULT_CLASS),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -318,3 +318,118 @@ fn unknown_strategy() {
     assert_eq!(errs[0].line, 14, "{}", errs[0]);
     assert!(errs[0].message.contains("round_robin"), "{}", errs[0]);
 }
+
+const PRIORITIES: &str = "\
+priorities:
+  classes:
+    interactive: {level: 10, max_wait: 10s, max_queue: 50}
+    batch: {level: 1, sheddable: true}
+  default: interactive
+  tiers: {free: batch}
+  keys: {nightly: batch}
+";
+
+#[test]
+fn queue_and_priorities_load() {
+    let text = GOOD.to_owned()
+        + "    queue: {max_in_flight_per_endpoint: 4, max_length: 20, max_wait: 5s}\n"
+        + PRIORITIES;
+    let c = parse(&text, "gw.yaml", Path::new("."), &env).unwrap();
+    let q = c.pools[0].queue.as_ref().unwrap();
+    assert_eq!(q.max_in_flight_per_endpoint, Some(4));
+    assert_eq!(q.max_length, 20);
+    assert_eq!(q.max_wait, std::time::Duration::from_secs(5));
+    assert_eq!(q.retry_after, std::time::Duration::from_secs(1));
+    let p = &c.priorities;
+    let names: Vec<&str> = p.classes.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["batch", "interactive"]);
+    let interactive = &p.classes[1];
+    assert_eq!(interactive.level, 10);
+    assert_eq!(interactive.max_queue, Some(50));
+    assert!(p.classes[0].sheddable && !interactive.sheddable);
+
+    let mut who = tollgate_plugin::Principal::anonymous();
+    assert_eq!(p.class_of(Some(&who)).1.name, "interactive");
+    assert_eq!(p.class_of(None).1.name, "interactive");
+    who.tier = Some("free".into());
+    assert_eq!(p.class_of(Some(&who)).1.name, "batch");
+    who.tier = None;
+    who.id = "nightly".into();
+    assert_eq!(p.class_of(Some(&who)).1.name, "batch");
+}
+
+#[test]
+fn without_a_queue_section_nothing_queues() {
+    let c = parse(GOOD, "gw.yaml", Path::new("."), &env).unwrap();
+    assert!(c.pools[0].queue.is_none());
+    assert_eq!(c.priorities.classes.len(), 1);
+    assert_eq!(c.priorities.class_of(None).1.name, "default");
+}
+
+#[test]
+fn a_queue_needs_a_bound() {
+    one_error(
+        &(GOOD.to_owned() + "    queue: {max_length: 10}\n"),
+        14,
+        "pools.openai.queue",
+        "needs `max_in_flight_per_endpoint`",
+    );
+}
+
+#[test]
+fn a_load_aware_queue_may_go_by_load_alone() {
+    let text = GOOD.to_owned() + "    balance: {strategy: load_aware}\n    queue: {}\n";
+    let c = parse(&text, "gw.yaml", Path::new("."), &env).unwrap();
+    let q = c.pools[0].queue.as_ref().unwrap();
+    assert_eq!(q.max_in_flight_per_endpoint, None);
+    assert!(q.load_signals);
+}
+
+#[test]
+fn unknown_queue_key() {
+    one_error(
+        &(GOOD.to_owned() + "    queue: {max_in_flight: 4}\n"),
+        14,
+        "pools.openai.queue.max_in_flight",
+        "unknown field `max_in_flight`",
+    );
+}
+
+#[test]
+fn zero_slots() {
+    one_error(
+        &(GOOD.to_owned() + "    queue: {max_in_flight_per_endpoint: 0}\n"),
+        14,
+        "pools.openai.queue.max_in_flight_per_endpoint",
+        "at least 1",
+    );
+}
+
+#[test]
+fn unknown_priority_class() {
+    one_error(
+        &(GOOD.to_owned() + &PRIORITIES.replace("{free: batch}", "{free: bach}")),
+        19,
+        "priorities.tiers.free",
+        "no class named `bach`",
+    );
+}
+
+#[test]
+fn several_classes_need_a_default() {
+    one_error(
+        &(GOOD.to_owned() + &PRIORITIES.replace("  default: interactive\n", "")),
+        16,
+        "priorities.default",
+        "name the class",
+    );
+}
+
+#[test]
+fn a_mock_pool_takes_no_queue() {
+    let text = GOOD.replace(
+        "  openai:\n",
+        "  local:\n    provider: mock\n    queue: {max_in_flight_per_endpoint: 1}\n  openai:\n",
+    );
+    one_error(&text, 11, "pools.local.queue", "takes no queue");
+}

@@ -367,8 +367,7 @@ fn load_stat(e: &Endpoint, settings: &LoadAware) -> LoadStat {
     match e.load.fresh(settings.stale_after) {
         Some(l) => LoadStat {
             score: l.waiting * WAITING_COST + l.running + in_flight,
-            saturated: l.waiting >= settings.max_waiting
-                || l.cache_usage.is_some_and(|c| c >= settings.max_cache_usage),
+            saturated: load_saturated(&l, settings),
         },
         // Unknown load: judged on this gateway's own traffic, and never saturated.
         None => LoadStat {
@@ -376,6 +375,19 @@ fn load_stat(e: &Endpoint, settings: &LoadAware) -> LoadStat {
             saturated: false,
         },
     }
+}
+
+fn load_saturated(l: &super::load::Load, settings: &LoadAware) -> bool {
+    l.waiting >= settings.max_waiting
+        || l.cache_usage.is_some_and(|c| c >= settings.max_cache_usage)
+}
+
+/// Whether the endpoint's fresh scraped load says it is saturated (its queue at
+/// `max_waiting`, or its KV cache at `max_cache_usage`); unknown load never is.
+pub(super) fn saturated(e: &Endpoint, settings: &LoadAware) -> bool {
+    e.load
+        .fresh(settings.stale_after)
+        .is_some_and(|l| load_saturated(&l, settings))
 }
 
 // === impl Affinity ===

@@ -219,6 +219,8 @@ pub async fn run(pool: Weak<Pool>, connector: Arc<Connector>) {
                 }
             }
         }
+        // Requests waiting for room may fit now.
+        p.recheck_queue();
         // Not held across the wait: a reload may drop the pool meanwhile.
         drop(p);
     }

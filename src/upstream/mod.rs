@@ -3,8 +3,9 @@
 //! A [`Pool`] is built from its config and owns what must live as long as the config:
 //! its endpoints with their DNS, health, breaker, load and credential state, and the CA
 //! store for TLS. `balance` picks an endpoint, `forward` carries one attempt to it and
-//! the answer back, `mock` answers in-process for `mock` pools. Background loops
-//! (`health`, `load`) watch the endpoints while the pool lives.
+//! the answer back, `mock` answers in-process for `mock` pools, `queue` holds requests
+//! back while every endpoint is at capacity. Background loops (`health`, `load`) watch
+//! the endpoints while the pool lives.
 
 pub mod balance;
 pub mod breaker;
@@ -16,6 +17,7 @@ mod keys;
 pub mod load;
 mod mock;
 mod peer;
+pub mod queue;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -39,6 +41,8 @@ pub struct Pool {
     pub spec: PoolSpec,
     pub endpoints: Vec<Arc<Endpoint>>,
     pub balancer: balance::Balancer,
+    /// Admission control (the `queue` section); `None`: requests go out at once.
+    queue: Option<queue::Queue>,
     /// Trusted CAs for this pool, replacing the system store when set.
     ca: Option<Arc<CaType>>,
 }
@@ -148,6 +152,10 @@ impl Pool {
             .collect();
         Ok(Pool {
             balancer: balance::Balancer::new(&spec),
+            queue: spec
+                .queue
+                .clone()
+                .map(|settings| queue::Queue::new(settings, spec.endpoints.len())),
             endpoints,
             ca,
             spec,
@@ -168,6 +176,11 @@ impl Pool {
         o.verify_hostname = true;
         o.ca = self.ca.clone();
         peer::UpstreamPeer(peer)
+    }
+
+    /// The pool's admission control, when it has a `queue` section.
+    pub fn queue(&self) -> Option<&queue::Queue> {
+        self.queue.as_ref()
     }
 
     pub fn is_mock(&self) -> bool {
