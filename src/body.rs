@@ -30,15 +30,19 @@ impl BodyBuf {
     }
 
     pub fn push(&mut self, chunk: Bytes) {
-        match (&mut self.first, &mut self.rest) {
-            (None, None) => self.first = Some(chunk),
-            (Some(f), None) => {
+        if let Some(buf) = &mut self.rest {
+            buf.extend_from_slice(&chunk);
+            return;
+        }
+        match self.first.take() {
+            None => self.first = Some(chunk),
+            // The first chunk moves into `rest`: counted once.
+            Some(f) => {
                 let mut buf = BytesMut::with_capacity(self.size_hint.max(f.len() + chunk.len()));
-                buf.extend_from_slice(f);
+                buf.extend_from_slice(&f);
                 buf.extend_from_slice(&chunk);
                 self.rest = Some(buf);
             }
-            (_, Some(buf)) => buf.extend_from_slice(&chunk),
         }
     }
 
@@ -62,8 +66,9 @@ mod tests {
         assert_eq!(b.len(), 3);
         assert_eq!(b.finish().as_ptr(), one.as_ptr(), "no copy");
         let mut b = BodyBuf::with_size_hint(6);
-        for part in ["ab", "cd", "ef"] {
+        for (i, part) in ["ab", "cd", "ef"].into_iter().enumerate() {
             b.push(Bytes::from(part));
+            assert_eq!(b.len(), 2 * (i + 1), "every byte counted once");
         }
         assert_eq!(b.finish(), "abcdef");
         assert!(BodyBuf::default().finish().is_empty());
