@@ -23,7 +23,7 @@ use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
-use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts};
+use prometheus::{IntCounterVec, IntGauge, IntGaugeVec};
 use sha2::{Digest, Sha256};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
@@ -345,7 +345,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
         "Config reloads by result (ok: swapped in; failed: the running config stayed).",
         &["result"],
     ),
-    info: gauge_vec(
+    info: crate::metrics::gauge_vec(
         "tollgate_config_info",
         "The running config: 1, with the first 16 hex digits of the file's SHA-256.",
         &["hash"],
@@ -381,18 +381,6 @@ impl Metrics {
         }
         self.last_success.set(crate::openai::unix_now() as i64);
     }
-}
-
-/// A gauge with labels, registered like `crate::metrics`'s constructors (which have
-/// none for this kind yet). The name and labels are literals: a mistake panics in the
-/// first test that loads this module's metrics, never later.
-#[allow(clippy::expect_used)]
-fn gauge_vec(name: &'static str, help: &'static str, labels: &[&str]) -> IntGaugeVec {
-    let gauge = IntGaugeVec::new(Opts::new(name, help), labels).expect("a valid metric");
-    crate::metrics::registry()
-        .register(Box::new(gauge.clone()))
-        .expect("metric names are unique");
-    gauge
 }
 
 #[cfg(test)]
