@@ -1,7 +1,8 @@
 //! The admin listener, apart from client traffic: `/metrics` for Prometheus, and an API
 //! for operators behind `admin.token` (`Authorization: Bearer <token>`):
 //!
-//! - `GET /admin/pools`: pools and endpoints with health, breaker state and load;
+//! - `GET /admin/pools`: pools and endpoints with health, breaker state and load, and
+//!   each queue's waiting requests by priority class;
 //! - `GET /admin/config`: the running config file, secrets redacted;
 //! - `/admin/keys`: gateway keys at run time (see [`keys`]).
 //!
@@ -178,11 +179,29 @@ fn pools(state: &State) -> Value {
                     })
                 })
                 .collect();
+            let queue = pool.queue().map(|q| {
+                let waiting: serde_json::Map<String, Value> = state
+                    .config
+                    .priorities
+                    .classes
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| (c.name.clone(), json!(q.waiting(i))))
+                    .collect();
+                let held: Vec<u32> = (0..pool.endpoints.len()).map(|i| q.held(i)).collect();
+                json!({
+                    "max_in_flight_per_endpoint": q.settings().max_in_flight_per_endpoint,
+                    "max_length": q.settings().max_length,
+                    "waiting": waiting,
+                    "slots_held": held,
+                })
+            });
             json!({
                 "name": pool.spec.name,
                 "provider": format!("{:?}", pool.spec.provider).to_lowercase(),
                 "strategy": format!("{:?}", pool.spec.balance.strategy).to_lowercase(),
                 "endpoints": endpoints,
+                "queue": queue,
             })
         })
         .collect();
