@@ -5,7 +5,8 @@
 //! the auth plugin ([`RuntimeKeys`]) and the limits plugin ([`RuntimeLimits`]) of every
 //! config it builds, and persists them — in Redis (`state.backend: redis`, one JSON value
 //! shared by every instance) or else in a state file (`admin.state_file`, written
-//! atomically) — and reads them back at start.
+//! atomically) — and reads them back at start. With Redis, each instance reads them again
+//! every [`REFRESH_EVERY`], so a key made on one instance works on all of them.
 //!
 //! A record either is a runtime key (it has the SHA-256 of its secret; the secret itself
 //! is shown once, when made) or overrides a configured key's `enabled` and limits.
@@ -156,6 +157,50 @@ impl KeyRegistry {
         }
     }
 
+    /// Whether other instances may change the records (they are kept in a shared Redis).
+    pub fn is_shared(&self) -> bool {
+        matches!(self.persist, Persist::Redis(_))
+    }
+
+    /// Reads the records again from the shared Redis and applies them if another instance
+    /// changed them. A failure is logged and leaves the records as they are.
+    pub async fn refresh(&self) {
+        let Some(redis) = &self.redis else { return };
+        let stored = match redis.get_bytes(REDIS_NAME).await {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                tracing::debug!(error = %e, "Runtime keys: Redis unreachable; keeping the current ones");
+                return;
+            }
+        };
+        let next: BTreeMap<String, KeyRecord> = match stored {
+            None => BTreeMap::new(),
+            Some(bytes) => match serde_json::from_slice(&bytes) {
+                Ok(records) => records,
+                Err(e) => {
+                    tracing::warn!(error = %e, "Runtime keys in Redis do not decode; keeping the current ones");
+                    return;
+                }
+            },
+        };
+        let mut records = self.records.lock().await;
+        if *records == next {
+            return;
+        }
+        match self.apply(&next) {
+            Ok(()) => {
+                tracing::info!(
+                    keys = next.len(),
+                    "Runtime keys changed by another instance: applied"
+                );
+                *records = next;
+            }
+            Err(e) => {
+                tracing::warn!(error = ?e, "Runtime keys in Redis are invalid; keeping the current ones")
+            }
+        }
+    }
+
     /// Every record, by id.
     pub async fn records(&self) -> BTreeMap<String, KeyRecord> {
         self.records.lock().await.clone()
@@ -168,7 +213,25 @@ impl KeyRegistry {
         change: impl FnOnce(&mut BTreeMap<String, KeyRecord>) -> Result<T, KeyError>,
     ) -> Result<T, KeyError> {
         let mut records = self.records.lock().await;
-        let mut next = records.clone();
+        // Shared records: start from what is stored now, so that a change made on
+        // another instance since the last refresh is not written over.
+        let mut next = match &self.redis {
+            Some(redis) => {
+                let stored = redis
+                    .get_bytes(REDIS_NAME)
+                    .await
+                    .map_err(|e| KeyError::Unavailable(format!("reading from Redis: {e}")))?;
+                match stored {
+                    Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                        KeyError::Unavailable(format!(
+                            "the key records in Redis do not decode: {e}"
+                        ))
+                    })?,
+                    None => BTreeMap::new(),
+                }
+            }
+            None => records.clone(),
+        };
         let out = change(&mut next)?;
         self.check(&next)?;
         self.save(&next).await?;
@@ -280,6 +343,30 @@ pub fn sha256_hex(secret: &str) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+/// How often an instance reads the shared records again.
+pub const REFRESH_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The background service that keeps an instance's runtime keys in step with the others
+/// sharing its Redis.
+pub struct KeyRefresher(pub Arc<KeyRegistry>);
+
+#[async_trait::async_trait]
+impl pingora_core::services::background::BackgroundService for KeyRefresher {
+    async fn start(&self, mut shutdown: pingora_core::server::ShutdownWatch) {
+        if !self.0.is_shared() {
+            return;
+        }
+        let mut tick = tokio::time::interval(REFRESH_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => self.0.refresh().await,
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
 }
 
 #[cfg(test)]

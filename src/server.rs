@@ -14,7 +14,7 @@ use pingora_core::services::background::background_service;
 use crate::admin::AdminApp;
 use crate::config::Config;
 use crate::gateway::Gateway;
-use crate::key_admin::{KeyRegistry, Persist};
+use crate::key_admin::{KeyRefresher, KeyRegistry, Persist};
 use crate::monitor::Monitor;
 use crate::reload::{ConfigSource, Reloader};
 use crate::state::State;
@@ -96,6 +96,7 @@ pub fn build(config: Config, source: ConfigSource, mode: StartMode) -> Result<Se
     let reloader = Reloader::new(source, state, monitor.pools_changed());
     server.add_service(background_service("upstream monitor", monitor));
     server.add_service(background_service("config reload", reloader));
+    server.add_service(background_service("runtime keys", KeyRefresher(registry)));
     Ok(server)
 }
 

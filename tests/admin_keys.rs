@@ -277,3 +277,46 @@ async fn bad_admin_requests_get_clear_errors() {
     );
     let _ = ECHO_USAGE;
 }
+
+#[tokio::test]
+async fn a_key_made_on_one_instance_works_on_another_sharing_redis() {
+    let upstream = MockUpstream::start(Behavior::EchoChat);
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (port_a, port_b) = (free_port(), free_port());
+    let a = gateway(&upstream, port_a, &dir.path().join("a.json"), Some(&redis));
+    let b = gateway(&upstream, port_b, &dir.path().join("b.json"), Some(&redis));
+    let (status, made) = Admin::new(port_a)
+        .call("POST", "/admin/keys", Some(json!({"id": "shared"})))
+        .await;
+    assert_eq!(status, 201, "{made}");
+    let secret = made["secret"].as_str().unwrap().to_owned();
+    assert_eq!(chat(&a, &secret).await.0, 200);
+    // The other instance reads the shared records every second.
+    let mut seen = 0;
+    for _ in 0..100 {
+        seen = chat(&b, &secret).await.0;
+        if seen == 200 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(seen, 200, "instance b never took the key");
+    // A key switched off on b is refused on a.
+    let (status, _) = Admin::new(port_b)
+        .call(
+            "PATCH",
+            "/admin/keys/shared",
+            Some(json!({"enabled": false})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    for _ in 0..100 {
+        seen = chat(&a, &secret).await.0;
+        if seen == 401 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(seen, 401, "instance a never saw the key switched off");
+}
