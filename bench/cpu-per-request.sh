@@ -9,6 +9,7 @@
 # Environment: CPR_PORT_BASE (default 29100: mock on +1, tollgate on +200),
 # CPR_STRACE=1 to count syscalls too (slows the run; its CPU figure is then not used),
 # CPR_PERF_RECORD=FILE to record a perf profile of tollgate during the run,
+# CPR_EXTRA_YAML='log: {access: off}' to append top-level sections to the config,
 # TOLLGATE_BIN / UPSTREAM_BIN / CLIENT_BIN to pick binaries (default target/release).
 set -euo pipefail
 
@@ -69,6 +70,7 @@ pools:
       - url: http://127.0.0.1:$MOCK_PORT/v1
         api_key: bench-upstream-key
     dns_refresh: 30s
+${CPR_EXTRA_YAML:-}
 EOF
 
 "$UPSTREAM_BIN" --listen "127.0.0.1:$MOCK_PORT" --chunks 20 >"$DIR/mock.log" 2>&1 &

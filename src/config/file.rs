@@ -105,11 +105,10 @@ pub struct LogSection {
     pub level: String,
     #[serde(default)]
     pub format: super::LogFormat,
-    /// `stderr` (default), `stdout`, `off`, or a file path (appended to).
+    /// The access log (one JSON line per request): `stderr` (default), `stdout`, `off`,
+    /// or a file path (appended to).
     #[serde(default = "default_access_destination")]
     pub access: String,
-    #[serde(default = "default_access_format")]
-    pub access_format: super::LogFormat,
 }
 
 impl Default for LogSection {
@@ -118,7 +117,6 @@ impl Default for LogSection {
             level: default_log_level(),
             format: super::LogFormat::default(),
             access: default_access_destination(),
-            access_format: default_access_format(),
         }
     }
 }
@@ -129,10 +127,6 @@ fn default_log_level() -> String {
 
 fn default_access_destination() -> String {
     "stderr".into()
-}
-
-fn default_access_format() -> super::LogFormat {
-    super::LogFormat::Json
 }
 
 /// A listener apart from client traffic for `/metrics` and the admin API.

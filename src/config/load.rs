@@ -248,7 +248,6 @@ impl Validator<'_> {
             level: l.level,
             format: l.format,
             access,
-            access_format: l.access_format,
         }
     }
 

@@ -54,7 +54,6 @@ pub struct LogSettings {
     pub level: String,
     pub format: LogFormat,
     pub access: LogDestination,
-    pub access_format: LogFormat,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
