@@ -2,6 +2,8 @@
 //! bodies it writes itself.
 
 mod models;
+#[cfg(test)]
+mod properties;
 mod request;
 mod sse;
 
