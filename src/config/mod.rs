@@ -355,4 +355,6 @@ pub struct MockSettings {
 }
 
 #[cfg(test)]
+mod properties;
+#[cfg(test)]
 mod tests;
