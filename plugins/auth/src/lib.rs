@@ -152,10 +152,7 @@ impl AuthPlugin {
                     format!("The API key provided ({}) has expired.", mask_key(key)),
                 ))
             }
-            KeyLookup::Unknown => match runtime
-                .filter(|r| r.has_keys())
-                .and_then(|r| r.lookup(key.as_bytes()))
-            {
+            KeyLookup::Unknown => match runtime.and_then(|r| r.lookup(key.as_bytes())) {
                 None => Err(unknown_key(key)),
                 Some(entry) if !entry.enabled || switched_off(&entry.principal.id) => {
                     tracing::debug!(key = %entry.principal.id, "Disabled API key refused");

@@ -3,8 +3,8 @@
 //!
 //! The engine keeps one [`RuntimeKeys`] for the process, fills it from what it persisted,
 //! and hands it to every [`crate::AuthPlugin`] it builds, so runtime keys outlive config
-//! reloads. Each change replaces the whole table at once: a request sees the old or the
-//! new one, never half of each.
+//! reloads. Each change replaces the whole table at once, under a write lock: a request
+//! sees the old or the new one, never half of each.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
@@ -47,7 +47,7 @@ struct Table {
 
 #[derive(Default)]
 pub struct RuntimeKeys {
-    table: RwLock<Arc<Table>>,
+    table: RwLock<Table>,
 }
 
 impl RuntimeKeys {
@@ -92,28 +92,28 @@ impl RuntimeKeys {
                 return Err(format!("key `{}`: the same secret as another key", k.id));
             }
         }
-        *self.table.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(table);
+        *self.table.write().unwrap_or_else(|p| p.into_inner()) = table;
         Ok(())
     }
 
-    fn current(&self) -> Arc<Table> {
-        self.table.read().unwrap_or_else(|p| p.into_inner()).clone()
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Table> {
+        self.table.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Whether the table holds no key (so a lookup can be skipped).
-    pub(crate) fn has_keys(&self) -> bool {
-        !self.current().by_digest.is_empty()
-    }
-
+    /// The runtime key presented, if any (no hashing while there is none).
     pub(crate) fn lookup(&self, presented: &[u8]) -> Option<Arc<Entry>> {
+        let table = self.read();
+        if table.by_digest.is_empty() {
+            return None;
+        }
         let digest = digest_of(presented);
-        let entry = self.current().by_digest.get(&digest)?.clone();
+        let entry = table.by_digest.get(&digest)?.clone();
         bool::from(entry.digest.ct_eq(&digest)).then_some(entry)
     }
 
     /// Whether `id` was switched off at run time.
     pub fn is_disabled(&self, id: &str) -> bool {
-        let table = self.current();
+        let table = self.read();
         !table.disabled.is_empty() && table.disabled.contains(id)
     }
 }

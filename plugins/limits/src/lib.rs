@@ -288,7 +288,7 @@ impl Inner {
         now: u64,
     ) -> Plan {
         let q = &self.quotas;
-        let runtime = self.runtime.get().map(|r| r.current()).unwrap_or_default();
+        let runtime = self.runtime.get().map(|r| r.current());
         let mut scoped: Vec<(Scope, &Limits, String)> = Vec::new();
         let scope_name = |kind: &str, id: &str| {
             let mut name = String::from(kind);
@@ -296,7 +296,8 @@ impl Inner {
             name
         };
         if let Some(l) = runtime
-            .get(&principal.id)
+            .as_deref()
+            .and_then(|r| r.get(&principal.id))
             .or_else(|| q.keys.get(&principal.id))
         {
             scoped.push((Scope::Key, l, scope_name("key", &principal.id)));
