@@ -307,6 +307,11 @@ pub async fn dispatch(
                     continue;
                 }
             };
+            let body = if class == Class::Success {
+                body
+            } else {
+                without_key(body, key.map(|(_, k)| k.expose()))
+            };
             if class == Class::Success
                 && let Err(e) = check_json(pool, exchange.header(), &body)
             {
@@ -632,9 +637,45 @@ impl Drop for InFlight<'_> {
     }
 }
 
+/// An upstream's error body with the provider key the attempt carried blanked out: some
+/// upstreams echo the credential they refused, and a client must never see it.
+fn without_key(body: Bytes, key: Option<&str>) -> Bytes {
+    let Some(key) = key.filter(|k| k.len() >= 8) else {
+        return body;
+    };
+    let key = key.as_bytes();
+    if memchr::memmem::find(&body, key).is_none() {
+        return body;
+    }
+    let mut out = Vec::with_capacity(body.len());
+    let mut rest = &body[..];
+    while let Some(at) = memchr::memmem::find(rest, key) {
+        out.extend_from_slice(&rest[..at]);
+        out.extend_from_slice(b"[redacted]");
+        rest = &rest[at + key.len()..];
+    }
+    out.extend_from_slice(rest);
+    Bytes::from(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn provider_keys_echoed_in_error_bodies_are_blanked() {
+        let key = "sk-provider-0123456789";
+        let body = Bytes::from(format!(
+            r#"{{"error":{{"message":"Incorrect API key provided: {key}. Again: {key}"}}}}"#
+        ));
+        let out = without_key(body, Some(key));
+        let text = std::str::from_utf8(&out).unwrap();
+        assert!(!text.contains(key), "{text}");
+        assert_eq!(text.matches("[redacted]").count(), 2);
+        let clean = Bytes::from_static(b"{\"error\":{\"message\":\"rate limited\"}}");
+        assert_eq!(without_key(clean.clone(), Some(key)), clean);
+        assert_eq!(without_key(clean.clone(), None), clean);
+    }
 
     #[test]
     fn statuses_are_classified() {

@@ -27,6 +27,11 @@ pub enum GatewayError {
     BodyTimeout,
     /// The body is larger than `limits.max_body_bytes` (413).
     BodyTooLarge { limit: usize },
+    /// The request line and headers are larger than `limits.max_header_bytes` (431).
+    HeaderTooLarge { limit: usize },
+    /// The body's framing cannot be trusted (`Content-Length` values that disagree, a
+    /// `Transfer-Encoding` other than chunked): 400, and the connection is closed.
+    BadFraming(&'static str),
     /// The client stopped sending before the body was complete; nobody is left to answer,
     /// but the attempt is logged and counted.
     BodyIncomplete(String),
@@ -131,6 +136,8 @@ impl GatewayError {
             GatewayError::MethodNotAllowed { .. } => 405,
             GatewayError::BodyTimeout => 408,
             GatewayError::BodyTooLarge { .. } => 413,
+            GatewayError::HeaderTooLarge { .. } => 431,
+            GatewayError::BadFraming(_) => 400,
             GatewayError::UpstreamUnreachable { .. } | GatewayError::UpstreamProtocol { .. } => 502,
             GatewayError::UpstreamTimeout { .. } => 504,
             GatewayError::NoHealthyUpstream { .. } => 503,
@@ -182,6 +189,8 @@ impl GatewayError {
             GatewayError::MethodNotAllowed { .. } => "method_not_allowed",
             GatewayError::BodyTimeout => "request_timeout",
             GatewayError::BodyTooLarge { .. } => "request_too_large",
+            GatewayError::HeaderTooLarge { .. } => "request_header_too_large",
+            GatewayError::BadFraming(_) => "invalid_framing",
             GatewayError::BodyIncomplete(_) => "incomplete_body",
             GatewayError::UpstreamUnreachable { .. } => "upstream_unreachable",
             GatewayError::UpstreamProtocol { .. } => "upstream_protocol_error",
@@ -224,6 +233,10 @@ impl GatewayError {
             GatewayError::BodyTooLarge { limit } => {
                 format!("The request body is larger than the limit of {limit} bytes.")
             }
+            GatewayError::HeaderTooLarge { limit } => {
+                format!("The request headers are larger than the limit of {limit} bytes.")
+            }
+            GatewayError::BadFraming(why) => format!("The request is malformed: {why}."),
             GatewayError::BodyIncomplete(_) => "The request body ended early.".into(),
             GatewayError::UpstreamUnreachable { pool, .. } => {
                 format!("The upstream for pool `{pool}` could not be reached.")

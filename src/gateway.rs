@@ -56,14 +56,24 @@ impl ProxyHttp for Gateway {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        let per_key = self
-            .state
-            .load()
+        let state = self.state.load();
+        let per_key = state
             .config
             .admin
             .as_ref()
             .is_some_and(|a| a.per_key_metrics);
         crate::request_metrics::record(ctx, status, per_key);
         crate::access_log::write(session, e, ctx);
+        keep_alive_for(session, state.config.limits.idle_timeout);
+    }
+}
+
+/// Bounds how long a kept-alive HTTP/1 connection may wait for its next request (Pingora
+/// waits forever once a response was sent); a connection that is to close stays so.
+fn keep_alive_for(session: &mut Session, idle: std::time::Duration) {
+    let secs = idle.as_secs().max(1);
+    match session.get_keepalive() {
+        Some(current) if current == 0 || current > secs => session.set_keepalive(Some(secs)),
+        _ => {}
     }
 }

@@ -248,6 +248,7 @@ async fn serve(
     ctx: &mut RequestCtx,
 ) -> Result<(), GatewayError> {
     let req = session.req_header();
+    check_head(req, &state.config.limits)?;
     let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
     let route = route::route(&req.method, path)?;
     ctx.route = route.name();
@@ -497,6 +498,40 @@ async fn keep_answer(
     cache.store(plan, answer, model, usage).await;
 }
 
+/// Refuses a request head that is too large or whose body framing is ambiguous: several
+/// `Content-Length`s that disagree, or a `Transfer-Encoding` that is not exactly chunked
+/// (Pingora has already dropped a `Content-Length` sent beside `Transfer-Encoding`, and
+/// closes such a connection after the response, as RFC 9112 asks).
+fn check_head(req: &pingora_http::RequestHeader, limits: &Limits) -> Result<(), GatewayError> {
+    let mut size =
+        req.method.as_str().len() + req.uri.path_and_query().map_or(1, |p| p.as_str().len());
+    for (name, value) in &req.headers {
+        size += name.as_str().len() + value.len() + 4;
+    }
+    if size > limits.max_header_bytes {
+        return Err(GatewayError::HeaderTooLarge {
+            limit: limits.max_header_bytes,
+        });
+    }
+    let mut lengths = req.headers.get_all(http::header::CONTENT_LENGTH).iter();
+    if let Some(first) = lengths.next() {
+        let valid =
+            |v: &http::HeaderValue| !v.is_empty() && v.as_bytes().iter().all(u8::is_ascii_digit);
+        if !valid(first) || lengths.any(|v| v != first) {
+            return Err(GatewayError::BadFraming(
+                "invalid or conflicting Content-Length",
+            ));
+        }
+    }
+    let mut encodings = req.headers.get_all(http::header::TRANSFER_ENCODING).iter();
+    if let Some(first) = encodings.next()
+        && (encodings.next().is_some() || !first.as_bytes().eq_ignore_ascii_case(b"chunked"))
+    {
+        return Err(GatewayError::BadFraming("unsupported Transfer-Encoding"));
+    }
+    Ok(())
+}
+
 /// Reads the whole request body, refusing it as soon as it is known to exceed `limit`
 /// (from `Content-Length` before reading anything, or while reading a chunked body).
 async fn read_body(session: &mut Session, limits: &Limits) -> Result<Bytes, GatewayError> {
@@ -553,10 +588,16 @@ async fn answer_failure(session: &mut Session, ctx: &RequestCtx, e: &GatewayErro
         return;
     }
     if !f.response_started {
+        if matches!(e, GatewayError::BadFraming(_)) {
+            // Where the body ends is not known: nothing more is read from this connection.
+            session.set_keepalive(None);
+        }
         if let Err(write_err) = respond::error(session, e, &ctx.request_id).await {
             tracing::debug!(request_id = %ctx.request_id, error = %write_err, "could not send the error response");
         }
-        discard_unread_body(session).await;
+        if !matches!(e, GatewayError::BadFraming(_)) {
+            discard_unread_body(session).await;
+        }
         return;
     }
     session.set_keepalive(None);

@@ -24,6 +24,7 @@ pub mod dispatch;
 pub mod error;
 pub mod gateway;
 pub mod handler;
+pub mod header_deadline;
 pub mod key_admin;
 pub mod logging;
 pub mod metrics;

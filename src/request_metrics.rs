@@ -278,6 +278,8 @@ fn rejection_reason(e: &GatewayError) -> Option<&'static str> {
     Some(match e {
         GatewayError::Rejected(r) => r.reason,
         GatewayError::BodyTooLarge { .. } => "body_too_large",
+        GatewayError::HeaderTooLarge { .. } => "header_too_large",
+        GatewayError::BadFraming(_) => "invalid_framing",
         GatewayError::InvalidRequest { .. }
         | GatewayError::InvalidJson(_)
         | GatewayError::BodyIncomplete(_) => "invalid_request",

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use pingora_core::apps::HttpServerOptions;
 use pingora_core::connectors::{ConnectorOptions, http::Connector};
 use pingora_core::listeners::tls::TlsSettings;
 use pingora_core::server::Server;
@@ -14,6 +15,7 @@ use pingora_core::services::background::background_service;
 use crate::admin::AdminApp;
 use crate::config::Config;
 use crate::gateway::Gateway;
+use crate::header_deadline::HeadDeadlineApp;
 use crate::key_admin::{KeyRefresher, KeyRegistry, Persist};
 use crate::monitor::Monitor;
 use crate::reload::{ConfigSource, Reloader};
@@ -63,10 +65,17 @@ pub fn build(config: Config, source: ConfigSource, mode: StartMode) -> Result<Se
         config,
         registry.clone(),
     )?));
-    let mut service = pingora_proxy::http_proxy_service_with_name(
+    let mut proxy = pingora_proxy::http_proxy(
         &server.configuration,
         Gateway::new(state.clone(), connector),
-        "tollgate",
+    );
+    let mut options = HttpServerOptions::default();
+    // h2 connections: the same idle bound as kept-alive HTTP/1 ones (set per response).
+    options.h2_idle_timeout = Some(state.load().config.limits.idle_timeout);
+    proxy.server_options = Some(options);
+    let mut service = pingora_core::services::listening::Service::new(
+        "tollgate".to_owned(),
+        HeadDeadlineApp::new(proxy, state.clone()),
     );
     for l in &listeners {
         match &l.tls {

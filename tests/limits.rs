@@ -894,7 +894,9 @@ async fn auth_refusals_over_sockets_charge_nothing() {
     assert!(!before.is_empty());
     let served = upstream.request_count();
 
-    let long_key = "k".repeat(100 * 1024);
+    // Under limits.max_header_bytes (64 KiB), so it reaches the key check.
+    let long_key = "k".repeat(40 * 1024);
+    let huge_key = "k".repeat(100 * 1024);
     let long_jwt = format!(
         "{}.{}.{}",
         "a".repeat(8000),
@@ -946,18 +948,25 @@ async fn auth_refusals_over_sockets_charge_nothing() {
             Some("model_not_allowed"),
         ),
         (
-            "100 KiB key".into(),
+            "40 KiB key".into(),
             bearer(&long_key),
             body.clone(),
             401,
             None,
         ),
         (
-            "100 KiB api-key".into(),
+            "40 KiB api-key".into(),
             vec![("api-key", long_key.clone().into_bytes())],
             body.clone(),
             401,
             None,
+        ),
+        (
+            "100 KiB key".into(),
+            bearer(&huge_key),
+            body.clone(),
+            431,
+            Some("request_header_too_large"),
         ),
     ];
     for auth in [

@@ -227,6 +227,22 @@ pub struct LimitsSection {
         deserialize_with = "positive_duration"
     )]
     pub body_read_timeout: Duration,
+    /// How long a client may take to send a request head (line and headers): from the
+    /// connection's accept for its first request, from the first byte for later ones.
+    #[serde(
+        default = "default_header_read_timeout",
+        deserialize_with = "positive_duration"
+    )]
+    pub header_read_timeout: Duration,
+    /// How long a kept-alive client connection may sit idle between requests.
+    #[serde(
+        default = "default_idle_timeout",
+        deserialize_with = "positive_duration"
+    )]
+    pub idle_timeout: Duration,
+    /// Largest request head (line and headers); a larger one is refused with 431.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: Spanned<usize>,
 }
 
 impl Default for LimitsSection {
@@ -234,8 +250,23 @@ impl Default for LimitsSection {
         LimitsSection {
             max_body_bytes: default_max_body_bytes(),
             body_read_timeout: default_body_read_timeout(),
+            header_read_timeout: default_header_read_timeout(),
+            idle_timeout: default_idle_timeout(),
+            max_header_bytes: default_max_header_bytes(),
         }
     }
+}
+
+fn default_header_read_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_max_header_bytes() -> Spanned<usize> {
+    unspanned(64 * 1024)
 }
 
 fn default_max_body_bytes() -> Spanned<usize> {

@@ -625,9 +625,19 @@ impl Validator<'_> {
                 "must be at least 1024",
             );
         }
+        if l.max_header_bytes.value < 1024 {
+            self.error(
+                l.max_header_bytes.referenced,
+                "limits.max_header_bytes",
+                "must be at least 1024",
+            );
+        }
         Limits {
             max_body_bytes: l.max_body_bytes.value,
             body_read_timeout: l.body_read_timeout,
+            header_read_timeout: l.header_read_timeout,
+            idle_timeout: l.idle_timeout,
+            max_header_bytes: l.max_header_bytes.value,
         }
     }
 

@@ -145,6 +145,12 @@ pub struct Limits {
     pub max_body_bytes: usize,
     /// How long a client may take to send its whole body.
     pub body_read_timeout: Duration,
+    /// How long a client may take to send a request head (see `header_deadline`).
+    pub header_read_timeout: Duration,
+    /// Longest idle wait between two requests on a kept-alive connection.
+    pub idle_timeout: Duration,
+    /// Largest request head, line and headers (431 above).
+    pub max_header_bytes: usize,
 }
 
 #[derive(Debug)]

@@ -65,6 +65,24 @@ pub enum Behavior {
     Truncated { declared: usize, body: Bytes },
     /// Closes the connection without answering.
     Close,
+    /// Writes these bytes instead of an HTTP response, then closes (a broken or
+    /// non-HTTP peer).
+    Garbage(Bytes),
+    /// A 200 of `content_type`, chunked, whose body never ends: `piece` every `every`
+    /// until the peer hangs up.
+    Endless {
+        content_type: &'static str,
+        piece: Bytes,
+        every: Duration,
+    },
+    /// A 200 of `content_type` declaring `total` bytes with Content-Length, written as
+    /// fast as the peer reads: `prefix`, then `fill` bytes until `total`.
+    Enormous {
+        content_type: &'static str,
+        prefix: Bytes,
+        fill: u8,
+        total: usize,
+    },
     /// The n-th request this upstream receives gets the n-th behavior; the last repeats.
     Sequence(Vec<Behavior>),
     /// Decides per request.
@@ -538,6 +556,66 @@ async fn respond<S: AsyncRead + AsyncWrite + Unpin>(
             Behavior::Custom(decide) => decide(request),
             Behavior::EchoChat => echo_chat(request),
             Behavior::Close => return Outcome::Close,
+            Behavior::Garbage(bytes) => {
+                let _ = conn.write_all(&bytes).await;
+                return Outcome::Close;
+            }
+            Behavior::Endless {
+                content_type,
+                piece,
+                every,
+            } => {
+                let headers = vec![
+                    ("content-type".to_string(), content_type.to_string()),
+                    ("transfer-encoding".to_string(), "chunked".to_string()),
+                    state.mock_header(),
+                ];
+                if conn
+                    .write_all(&http1::response_head(200, &headers))
+                    .await
+                    .is_err()
+                {
+                    state.note_disconnect();
+                    return Outcome::PeerClosed;
+                }
+                loop {
+                    if conn.write_all(&http1::chunk(&piece)).await.is_err()
+                        || conn.pause_watching_peer(every).await == Peer::Closed
+                    {
+                        state.note_disconnect();
+                        return Outcome::PeerClosed;
+                    }
+                }
+            }
+            Behavior::Enormous {
+                content_type,
+                prefix,
+                fill,
+                total,
+            } => {
+                let headers = vec![
+                    ("content-type".to_string(), content_type.to_string()),
+                    ("content-length".to_string(), total.to_string()),
+                    state.mock_header(),
+                ];
+                let mut head = http1::response_head(200, &headers);
+                head.extend_from_slice(&prefix);
+                if conn.write_all(&head).await.is_err() {
+                    state.note_disconnect();
+                    return Outcome::PeerClosed;
+                }
+                let block = vec![fill; 64 * 1024];
+                let mut left = total.saturating_sub(prefix.len());
+                while left > 0 {
+                    let n = left.min(block.len());
+                    if conn.write_all(&block[..n]).await.is_err() {
+                        state.note_disconnect();
+                        return Outcome::PeerClosed;
+                    }
+                    left -= n;
+                }
+                return Outcome::Answered;
+            }
             Behavior::Truncated { declared, body } => {
                 let headers = vec![
                     ("content-type".to_string(), "application/json".to_string()),
