@@ -15,8 +15,9 @@ use crate::cache::{self, ResponseCache};
 use crate::config::Limits;
 use tollgate_plugin::{Outcome, Principal, Request as PluginRequest, Settle, TokenUsage};
 
+use crate::adapters::Wire;
 use crate::dispatch::{self, AttemptRecord};
-use crate::error::{GatewayError, error_body};
+use crate::error::GatewayError;
 use crate::openai::{self, Api, InferenceRequest};
 use crate::respond;
 use crate::route::{self, Route};
@@ -33,6 +34,9 @@ pub struct RequestCtx {
     pub trace: Trace,
     pub started: Instant,
     pub route: &'static str,
+    /// The wire format the client speaks (Anthropic's on `/v1/messages`): errors are
+    /// shaped for it.
+    pub wire: Wire,
     /// The model the client asked for.
     pub model: Option<String>,
     /// The configured model it resolved to (aliases resolved), once known.
@@ -80,6 +84,7 @@ impl RequestCtx {
             trace: Trace::default(),
             started: Instant::now(),
             route: "unknown",
+            wire: Wire::OpenAi,
             model: None,
             resolved_model: None,
             served_model: None,
@@ -251,6 +256,9 @@ async fn serve(
     let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
     let route = route::route(&req.method, path)?;
     ctx.route = route.name();
+    if let Route::Inference(api) = route {
+        ctx.wire = Wire::of_api(api);
+    }
     if !matches!(route, Route::Health | Route::Ready) {
         ctx.principal = Some(identify(state, session).await?);
     }
@@ -459,7 +467,10 @@ async fn serve_hit(
         }
         cache::Answer::Events(events) => {
             d.event_stream = true;
-            let body = cache::replay_events(events, req.needs_usage_requested());
+            let body = match ctx.wire {
+                Wire::OpenAi => cache::replay_events(events, req.needs_usage_requested()),
+                Wire::Anthropic => crate::adapters::anthropic::replay_events(events),
+            };
             d.response_bytes = body.len() as u64;
             match respond::sse_start(session, id, &extra).await {
                 Ok(()) => session.write_response_body(Some(body), true).await,
@@ -553,7 +564,7 @@ async fn answer_failure(session: &mut Session, ctx: &RequestCtx, e: &GatewayErro
         return;
     }
     if !f.response_started {
-        if let Err(write_err) = respond::error(session, e, &ctx.request_id).await {
+        if let Err(write_err) = respond::error(session, e, &ctx.request_id, ctx.wire).await {
             tracing::debug!(request_id = %ctx.request_id, error = %write_err, "could not send the error response");
         }
         discard_unread_body(session).await;
@@ -561,8 +572,8 @@ async fn answer_failure(session: &mut Session, ctx: &RequestCtx, e: &GatewayErro
     }
     session.set_keepalive(None);
     if f.event_stream {
-        let body = error_body(&e.message(), "server_error", None, Some(e.code()));
-        let _ = respond::sse_event(session, &body).await;
+        let event = ctx.wire.stream_error(e);
+        let _ = session.write_response_body(Some(event), false).await;
         let _ = session.write_response_body(None, true).await;
     }
 }
