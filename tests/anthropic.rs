@@ -97,6 +97,13 @@ async fn post(gw: &Gateway, path: &str, body: &Value) -> reqwest::Response {
         .unwrap()
 }
 
+/// POSTs `body` to `path`: the status and the JSON answer.
+async fn call(gw: &Gateway, path: &str, body: &Value) -> (u16, Value) {
+    let resp = post(gw, path, body).await;
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap())
+}
+
 fn header<'a>(resp: &'a reqwest::Response, name: &str) -> &'a str {
     resp.headers()
         .get(name)
@@ -324,14 +331,13 @@ async fn without_a_fallback_an_overloaded_anthropic_is_an_openai_503() {
     ));
     let oai = MockUpstream::start(Behavior::EchoChat);
     let gw = gateway(&ant, &oai, false);
-    let resp = post(
+    let (status, v) = call(
         &gw,
         "/v1/chat/completions",
         &json!({"model": "claude", "messages": [{"role": "user", "content": "x"}]}),
     )
     .await;
-    assert_eq!(resp.status(), 503);
-    let v: Value = resp.json().await.unwrap();
+    assert_eq!(status, 503);
     assert_eq!(
         v,
         json!({"error": {"message": "Overloaded", "type": "server_error", "param": null, "code": "overloaded"}})
@@ -342,14 +348,13 @@ async fn without_a_fallback_an_overloaded_anthropic_is_an_openai_503() {
         400,
         json!({"type": "error", "error": {"type": "invalid_request_error", "message": "messages: roles must alternate"}}),
     ));
-    let resp = post(
+    let (status, v) = call(
         &gw,
         "/v1/chat/completions",
         &json!({"model": "claude", "messages": [{"role": "user", "content": "x"}]}),
     )
     .await;
-    assert_eq!(resp.status(), 400);
-    let v: Value = resp.json().await.unwrap();
+    assert_eq!(status, 400);
     assert_eq!(v["error"]["message"], "messages: roles must alternate");
     assert_eq!(v["error"]["type"], "invalid_request_error");
 }
@@ -359,14 +364,13 @@ async fn a_request_anthropic_cannot_take_is_a_400_naming_the_field() {
     let ant = MockUpstream::start(Behavior::json(200, anthropic_message("x")));
     let oai = MockUpstream::start(Behavior::EchoChat);
     let gw = gateway(&ant, &oai, false);
-    let resp = post(
+    let (status, v) = call(
         &gw,
         "/v1/chat/completions",
         &json!({"model": "claude", "n": 3, "messages": [{"role": "user", "content": "x"}]}),
     )
     .await;
-    assert_eq!(resp.status(), 400);
-    let v: Value = resp.json().await.unwrap();
+    assert_eq!(status, 400);
     assert_eq!(v["error"]["param"], "n");
     assert!(v["error"]["message"].as_str().unwrap().contains("`n`"));
     assert_eq!(ant.request_count(), 0);
@@ -530,26 +534,19 @@ async fn messages_errors_have_anthropics_shape() {
     let ant = MockUpstream::start(Behavior::json(200, anthropic_message("x")));
     let oai = MockUpstream::start(Behavior::error(429, "slow down"));
     let gw = gateway(&ant, &oai, false);
-    let resp = post(
+    let (status, v) = call(
         &gw,
         "/v1/messages",
         &json!({"model": "nope", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]}),
     )
     .await;
-    assert_eq!(resp.status(), 404);
-    let v: Value = resp.json().await.unwrap();
+    assert_eq!(status, 404);
     assert_eq!(v["type"], "error");
     assert_eq!(v["error"]["type"], "not_found_error");
     assert!(v["error"]["message"].as_str().unwrap().contains("nope"));
 
-    let resp = post(
-        &gw,
-        "/v1/messages",
-        &json!({"model": "gpt-4o", "max_tokens": 5, "messages": [{"role": "user", "content": [{"type": "document", "source": {}}]}]}),
-    )
-    .await;
-    assert_eq!(resp.status(), 400);
-    let v: Value = resp.json().await.unwrap();
+    let (status, v) = call(&gw, "/v1/messages", &json!({"model": "gpt-4o", "max_tokens": 5, "messages": [{"role": "user", "content": [{"type": "document", "source": {}}]}]})).await;
+    assert_eq!(status, 400);
     assert_eq!(v["error"]["type"], "invalid_request_error");
     assert!(
         v["error"]["message"]
@@ -559,14 +556,8 @@ async fn messages_errors_have_anthropics_shape() {
     );
 
     // An OpenAI upstream's error, reshaped.
-    let resp = post(
-        &gw,
-        "/v1/messages",
-        &json!({"model": "gpt-4o", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]}),
-    )
-    .await;
-    assert_eq!(resp.status(), 429);
-    let v: Value = resp.json().await.unwrap();
+    let (status, v) = call(&gw, "/v1/messages", &json!({"model": "gpt-4o", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]})).await;
+    assert_eq!(status, 429);
     assert_eq!(
         v,
         json!({"type": "error", "error": {"type": "rate_limit_error", "message": "slow down"}})

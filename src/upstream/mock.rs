@@ -163,15 +163,7 @@ fn prompt_text(api: Api, body: &Value) -> String {
 
 /// Text of a message content: a string, or the text parts of an array of parts.
 fn content_text(content: &Value) -> String {
-    match content {
-        Value::String(s) => s.clone(),
-        Value::Array(parts) => parts
-            .iter()
-            .filter_map(|p| p.get("text").and_then(Value::as_str))
-            .collect::<Vec<_>>()
-            .join(" "),
-        _ => String::new(),
-    }
+    anthropic::text_of(content, " ")
 }
 
 /// The reply as stream pieces: the first word bare, each next one with its space, so

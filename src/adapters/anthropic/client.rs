@@ -5,7 +5,10 @@
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
-use super::{AnthropicUsage, event_type, text_of, to_bytes};
+use super::{
+    AnthropicUsage, assistant_message, event_type, openai_tool_call, request_object, text_of,
+    to_bytes,
+};
 use crate::adapters::{ClientEvent, StreamAdapter};
 use crate::error::GatewayError;
 use crate::openai::Usage;
@@ -15,21 +18,15 @@ use crate::openai::Usage;
 /// The chat-completions request for a Messages body, as `model`. A stream always asks
 /// for usage (Anthropic streams report it; the adapter turns it into `message_delta`).
 pub fn request(body: &[u8], model: &str) -> Result<Bytes, GatewayError> {
-    let v: Value = serde_json::from_slice(body)
-        .map_err(|e| GatewayError::invalid(format!("The body cannot be read: {e}"), None))?;
-    let Some(req) = v.as_object() else {
-        return Err(GatewayError::invalid(
-            "The body must be a JSON object.",
-            None,
-        ));
-    };
+    let req = request_object(body)?;
+    let req = &req;
     let mut out = Map::new();
     out.insert("model".into(), json!(model));
     let mut messages = Vec::new();
     match req.get("system") {
         None | Some(Value::Null) => {}
         Some(system @ (Value::String(_) | Value::Array(_))) => {
-            messages.push(json!({"role": "system", "content": text_of(system)}));
+            messages.push(json!({"role": "system", "content": text_of(system, "")}));
         }
         Some(_) => {
             return Err(GatewayError::invalid(
@@ -118,7 +115,11 @@ pub fn request(body: &[u8], model: &str) -> Result<Bytes, GatewayError> {
             .collect::<Result<Vec<_>, GatewayError>>()?;
         out.insert("tools".into(), Value::Array(tools));
     }
-    if let Some(user) = v.pointer("/metadata/user_id").and_then(Value::as_str) {
+    if let Some(user) = req
+        .get("metadata")
+        .and_then(|m| m.get("user_id"))
+        .and_then(Value::as_str)
+    {
         out.insert("user".into(), json!(user));
     }
     Ok(to_bytes(&Value::Object(out)))
@@ -178,21 +179,13 @@ fn turn(m: &Value, at: &str, out: &mut Vec<Value>) -> Result<(), GatewayError> {
                 };
                 parts.push(json!({"type": "image_url", "image_url": {"url": url}}));
             }
-            Some("tool_use") if role == "assistant" => calls.push(json!({
-                "id": block.get("id").cloned().unwrap_or(json!("")),
-                "type": "function",
-                "function": {
-                    "name": block.get("name").cloned().unwrap_or(json!("")),
-                    "arguments": serde_json::to_string(block.get("input").unwrap_or(&json!({})))
-                        .unwrap_or_default(),
-                },
-            })),
+            Some("tool_use") if role == "assistant" => calls.push(openai_tool_call(block)),
             Some("tool_result") if role == "user" => {
                 let id = block
                     .get("tool_use_id")
                     .and_then(Value::as_str)
                     .unwrap_or("");
-                let mut text = text_of(block.get("content").unwrap_or(&Value::Null));
+                let mut text = text_of(block.get("content").unwrap_or(&Value::Null), "");
                 if block.get("is_error").and_then(Value::as_bool) == Some(true) {
                     text = format!("Error: {text}");
                 }
@@ -216,24 +209,8 @@ fn turn(m: &Value, at: &str, out: &mut Vec<Value>) -> Result<(), GatewayError> {
         if parts.is_empty() && calls.is_empty() {
             return Ok(());
         }
-        let text: String = parts
-            .iter()
-            .filter_map(|p| p.get("text").and_then(Value::as_str))
-            .collect();
-        let mut msg = Map::new();
-        msg.insert("role".into(), json!("assistant"));
-        msg.insert(
-            "content".into(),
-            if text.is_empty() && !calls.is_empty() {
-                Value::Null
-            } else {
-                json!(text)
-            },
-        );
-        if !calls.is_empty() {
-            msg.insert("tool_calls".into(), Value::Array(calls));
-        }
-        out.push(Value::Object(msg));
+        let text = text_of(&Value::Array(parts), "");
+        out.push(Value::Object(assistant_message(text, calls)));
     } else if !parts.is_empty() {
         let only_text = parts.len() == 1 && parts[0]["type"] == "text";
         let content = if only_text {
@@ -272,7 +249,7 @@ pub fn response(body: &[u8]) -> Result<Bytes, GatewayError> {
     };
     let message = choice.get("message").unwrap_or(&Value::Null);
     let mut content = Vec::new();
-    let text = text_of(message.get("content").unwrap_or(&Value::Null));
+    let text = text_of(message.get("content").unwrap_or(&Value::Null), "");
     if !text.is_empty() {
         content.push(json!({"type": "text", "text": text}));
     }
@@ -329,9 +306,9 @@ fn parse_arguments(arguments: &str) -> Value {
 /// An OpenAI error response as Anthropic's.
 pub fn error(status: u16, body: &[u8]) -> (u16, Bytes) {
     let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
-    let message = v
-        .pointer("/error/message")
-        .and_then(Value::as_str)
+    // OpenAI's error body has the same `error.message` as Anthropic's.
+    let message = super::error_parts(&v)
+        .1
         .map(str::to_owned)
         .unwrap_or_else(|| format!("The upstream answered {status}."));
     (status, super::error_body(status, &message))

@@ -220,6 +220,8 @@ pub fn replay_events(events: &[Bytes]) -> Bytes {
 #[derive(Debug, Default)]
 pub struct Relay {
     usage: Option<AnthropicUsage>,
+    /// `message_delta` gave the final output count.
+    counted: bool,
     finished: bool,
 }
 
@@ -234,7 +236,10 @@ impl StreamAdapter for Relay {
         };
         let usage = match event_type(&v) {
             Some("message_start") => v.pointer("/message/usage"),
-            Some("message_delta") => v.get("usage"),
+            Some("message_delta") => {
+                self.counted = true;
+                v.get("usage")
+            }
             Some("message_stop" | "error") => {
                 self.finished = true;
                 None
@@ -251,12 +256,32 @@ impl StreamAdapter for Relay {
         self.finished
     }
 
+    /// Known once `message_delta` came; a stream cut short before is counted by the
+    /// gateway instead.
     fn usage(&self) -> Option<Usage> {
-        self.usage.map(AnthropicUsage::to_openai)
+        self.usage
+            .filter(|_| self.counted)
+            .map(AnthropicUsage::to_openai)
     }
 
     fn relays(&self) -> bool {
         true
+    }
+}
+
+/// A request body to translate: a JSON object (the gateway parsed it once already, so
+/// this refuses only what a full parse does, such as nesting too deep).
+fn request_object(body: &[u8]) -> Result<serde_json::Map<String, Value>, GatewayError> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(GatewayError::invalid(
+            "The body must be a JSON object.",
+            None,
+        )),
+        Err(e) => Err(GatewayError::invalid(
+            format!("The body cannot be read: {e}"),
+            None,
+        )),
     }
 }
 
@@ -266,15 +291,54 @@ fn to_bytes(v: &Value) -> Bytes {
 }
 
 /// The text of an OpenAI or Anthropic message content: a string, or its text parts
-/// joined.
-fn text_of(content: &Value) -> String {
+/// joined with `sep`.
+pub fn text_of(content: &Value, sep: &str) -> String {
     match content {
         Value::String(s) => s.clone(),
         Value::Array(parts) => parts
             .iter()
             .filter_map(|p| p.get("text").and_then(Value::as_str))
             .collect::<Vec<_>>()
-            .join(""),
+            .join(sep),
         _ => String::new(),
     }
+}
+
+/// An Anthropic `tool_use` block as an OpenAI tool call (its input as JSON text).
+fn openai_tool_call(block: &Value) -> Value {
+    json!({
+        "id": block.get("id").cloned().unwrap_or(json!("")),
+        "type": "function",
+        "function": {
+            "name": block.get("name").cloned().unwrap_or(json!("")),
+            "arguments": serde_json::to_string(block.get("input").unwrap_or(&json!({})))
+                .unwrap_or_default(),
+        },
+    })
+}
+
+/// An OpenAI assistant message: its text (null when it only calls tools) and calls.
+fn assistant_message(text: String, calls: Vec<Value>) -> serde_json::Map<String, Value> {
+    let mut message = serde_json::Map::new();
+    message.insert("role".into(), json!("assistant"));
+    message.insert(
+        "content".into(),
+        if text.is_empty() && !calls.is_empty() {
+            Value::Null
+        } else {
+            json!(text)
+        },
+    );
+    if !calls.is_empty() {
+        message.insert("tool_calls".into(), Value::Array(calls));
+    }
+    message
+}
+
+/// The `type` and `message` of an Anthropic error body or event, if it has them.
+fn error_parts(v: &Value) -> (Option<&str>, Option<&str>) {
+    (
+        v.pointer("/error/type").and_then(Value::as_str),
+        v.pointer("/error/message").and_then(Value::as_str),
+    )
 }

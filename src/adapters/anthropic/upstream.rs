@@ -5,7 +5,10 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::{AnthropicUsage, event_type, openai_usage_json, text_of, to_bytes};
+use super::{
+    AnthropicUsage, assistant_message, error_parts, event_type, openai_tool_call,
+    openai_usage_json, request_object, text_of, to_bytes,
+};
 use crate::adapters::{ClientEvent, StreamAdapter};
 use crate::config::AnthropicSettings;
 use crate::error::GatewayError;
@@ -24,14 +27,8 @@ pub fn request(
     model: &str,
     settings: &AnthropicSettings,
 ) -> Result<Bytes, GatewayError> {
-    let v: Value = serde_json::from_slice(body)
-        .map_err(|e| GatewayError::invalid(format!("The body cannot be read: {e}"), None))?;
-    let Some(req) = v.as_object() else {
-        return Err(GatewayError::invalid(
-            "The body must be a JSON object.",
-            None,
-        ));
-    };
+    let req = request_object(body)?;
+    let req = &req;
     refuse_unsupported(req)?;
 
     let mut out = Map::new();
@@ -161,7 +158,7 @@ fn messages(list: &Value) -> Result<(Vec<String>, Vec<Value>), GatewayError> {
         let content = m.get("content").unwrap_or(&Value::Null);
         let (role, blocks) = match role {
             "system" | "developer" => {
-                system.push(text_of(content));
+                system.push(text_of(content, ""));
                 continue;
             }
             "user" => ("user", content_blocks(content, &at)?),
@@ -410,37 +407,17 @@ pub fn response(body: &[u8]) -> Result<Bytes, GatewayError> {
             Some("thinking") => {
                 reasoning.push_str(block.get("thinking").and_then(Value::as_str).unwrap_or(""))
             }
-            Some("tool_use") => calls.push(json!({
-                "id": block.get("id").cloned().unwrap_or(json!("")),
-                "type": "function",
-                "function": {
-                    "name": block.get("name").cloned().unwrap_or(json!("")),
-                    "arguments": serde_json::to_string(block.get("input").unwrap_or(&json!({})))
-                        .unwrap_or_default(),
-                },
-            })),
+            Some("tool_use") => calls.push(openai_tool_call(block)),
             Some("redacted_thinking") => {}
             other => {
                 tracing::warn!(block_type = ?other, "Unknown Anthropic content block skipped");
             }
         }
     }
-    let mut message = Map::new();
-    message.insert("role".into(), json!("assistant"));
-    message.insert(
-        "content".into(),
-        if text.is_empty() && !calls.is_empty() {
-            Value::Null
-        } else {
-            json!(text)
-        },
-    );
+    let mut message = assistant_message(text, calls);
     message.insert("refusal".into(), Value::Null);
     if !reasoning.is_empty() {
         message.insert("reasoning_content".into(), json!(reasoning));
-    }
-    if !calls.is_empty() {
-        message.insert("tool_calls".into(), Value::Array(calls));
     }
     let usage = v
         .get("usage")
@@ -469,13 +446,9 @@ pub fn response(body: &[u8]) -> Result<Bytes, GatewayError> {
 /// which OpenAI clients know to retry.
 pub fn error(status: u16, body: &[u8]) -> (u16, Bytes) {
     let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
-    let kind = v
-        .pointer("/error/type")
-        .and_then(Value::as_str)
-        .unwrap_or("api_error");
-    let message = v
-        .pointer("/error/message")
-        .and_then(Value::as_str)
+    let (kind, message) = error_parts(&v);
+    let kind = kind.unwrap_or("api_error");
+    let message = message
         .map(str::to_owned)
         .unwrap_or_else(|| format!("The upstream answered {status}."));
     let status = if status == 529 { 503 } else { status };
@@ -682,14 +655,8 @@ impl StreamAdapter for StreamToOpenAi {
             }
             Some("content_block_stop" | "ping") => {}
             Some("error") => {
-                let kind = v
-                    .pointer("/error/type")
-                    .and_then(Value::as_str)
-                    .unwrap_or("error");
-                let message = v
-                    .pointer("/error/message")
-                    .and_then(Value::as_str)
-                    .unwrap_or("");
+                let (kind, message) = error_parts(&v);
+                let (kind, message) = (kind.unwrap_or("error"), message.unwrap_or(""));
                 return Err(GatewayError::UpstreamProtocol {
                     pool: "anthropic".into(),
                     detail: format!("the stream failed: {kind}: {message}"),
