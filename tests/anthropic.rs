@@ -614,3 +614,60 @@ async fn messages_use_the_same_keys_as_chat() {
     assert_eq!(events.first().unwrap().0.as_deref(), Some("message_start"));
     assert_eq!(events.last().unwrap().0.as_deref(), Some("message_stop"));
 }
+
+#[tokio::test]
+async fn messages_answers_are_cached_and_replayed_in_anthropics_shape() {
+    let ant = MockUpstream::start(Behavior::custom(|r| {
+        if r.json()["stream"] == true {
+            anthropic_stream(&text_stream_events())
+        } else {
+            Behavior::json(200, anthropic_message("Hi"))
+        }
+    }));
+    let oai = MockUpstream::start(Behavior::EchoChat);
+    let gw = Gateway::start(&config(&format!(
+        "models:\n\
+         \x20 claude:\n    targets: [{{pool: ant}}]\n\
+         \x20 gpt-4o:\n    targets: [{{pool: oai}}]\n\
+         pools:\n\
+         \x20 ant:\n    provider: anthropic\n    endpoints: [{{url: '{}', api_key: {KEY}}}]\n    health_check: {{enabled: false}}\n\
+         \x20 oai:\n    provider: openai\n    endpoints: [{{url: '{}'}}]\n    health_check: {{enabled: false}}\n\
+         cache:\n  backend: memory\n",
+        ant.url(),
+        oai.url()
+    )));
+    for model in ["claude", "gpt-4o"] {
+        for stream in [false, true] {
+            let body = json!({"model": model, "max_tokens": 16, "temperature": 0, "stream": stream,
+                "messages": [{"role": "user", "content": "cache me"}]});
+            let first = post(&gw, "/v1/messages", &body).await;
+            assert_eq!(header(&first, "x-cache"), "MISS", "{model} stream {stream}");
+            let first = first.text().await.unwrap();
+            let second = post(&gw, "/v1/messages", &body).await;
+            assert_eq!(header(&second, "x-cache"), "HIT", "{model} stream {stream}");
+            let second = second.text().await.unwrap();
+            if stream {
+                // Replayed with its `event:` names, and no `[DONE]`.
+                let names = |t: &str| -> Vec<Option<String>> {
+                    sse_events(t).into_iter().map(|(n, _)| n).collect()
+                };
+                let known: Vec<_> = names(&first).into_iter().filter(|n| n.is_some()).collect();
+                assert_eq!(
+                    names(&second)
+                        .into_iter()
+                        .filter(|n| n.is_some())
+                        .collect::<Vec<_>>(),
+                    known
+                );
+                assert_eq!(known.last().unwrap().as_deref(), Some("message_stop"));
+                assert!(!second.contains("[DONE]"), "{second}");
+            } else {
+                assert_eq!(first, second);
+                let v: Value = serde_json::from_str(&second).unwrap();
+                assert_eq!(v["type"], "message");
+            }
+        }
+    }
+    assert_eq!(ant.request_count(), 2);
+    assert_eq!(oai.request_count(), 2);
+}

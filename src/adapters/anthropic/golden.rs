@@ -403,7 +403,11 @@ fn relayed_streams_report_usage_and_replay_with_event_names() {
     let text = String::from_utf8(replay.to_vec()).unwrap();
     assert!(text.starts_with("event: message_start\ndata: "), "{text}");
     assert!(text.ends_with("event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"));
-    assert!(text.contains("data: {\"detail\":\"ignored\",\"type\":\"some_future_event\"}"));
+    assert!(text.contains(
+        "event: some_future_event\ndata: {\"detail\":\"ignored\",\"type\":\"some_future_event\"}\n\n"
+    ));
+    let odd = replay_events(&[Bytes::from_static(b"{\"type\":\"a\\nb\"}")]);
+    assert_eq!(&odd[..], b"data: {\"type\":\"a\\nb\"}\n\n");
     assert!(!text.contains("[DONE]"));
 }
 

@@ -180,36 +180,23 @@ fn event_type(v: &Value) -> Option<&str> {
     v.get("type").and_then(Value::as_str)
 }
 
-/// Anthropic's streamed event names, as `&'static str` for framing.
-fn static_event_name(name: &str) -> Option<&'static str> {
-    Some(match name {
-        "message_start" => "message_start",
-        "content_block_start" => "content_block_start",
-        "content_block_delta" => "content_block_delta",
-        "content_block_stop" => "content_block_stop",
-        "message_delta" => "message_delta",
-        "message_stop" => "message_stop",
-        "ping" => "ping",
-        "error" => "error",
-        _ => return None,
-    })
-}
-
 /// Frames stored Anthropic stream events for a replay (from the response cache): each
 /// event named by its data's `type`, and no `[DONE]` (Anthropic streams have none).
 pub fn replay_events(events: &[Bytes]) -> Bytes {
+    use bytes::BufMut;
     let mut out = bytes::BytesMut::new();
     for data in events {
-        let name = serde_json::from_slice::<Value>(data)
-            .ok()
-            .and_then(|v| event_type(&v).and_then(static_event_name));
-        super::Wire::Anthropic.frame(
-            &ClientEvent {
-                name,
-                data: data.clone(),
-            },
-            &mut out,
-        );
+        let v = serde_json::from_slice::<Value>(data).unwrap_or_default();
+        // A name that could break the framing is left out (the data still has it).
+        if let Some(name) =
+            event_type(&v).filter(|n| n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+        {
+            out.put_slice(b"event: ");
+            out.put_slice(name.as_bytes());
+            out.put_slice(b"\n");
+        }
+        // The `data:` lines, framed as any event without a name.
+        super::Wire::OpenAi.frame(&ClientEvent::data(data.clone()), &mut out);
     }
     out.freeze()
 }
