@@ -87,6 +87,11 @@ mod tests {
             route(&Method::GET, "/v1/models/a/b").unwrap(),
             Route::GetModel("a/b".into())
         );
+        assert_eq!(
+            route(&Method::POST, "/v1/messages").unwrap(),
+            Route::Inference(Api::Messages)
+        );
+        assert_eq!(Route::Inference(Api::Messages).name(), "messages");
         assert_eq!(route(&Method::GET, "/v1/nope").unwrap_err().status(), 404);
         assert_eq!(
             route(&Method::GET, "/v1/models/").unwrap_err().status(),
