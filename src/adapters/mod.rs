@@ -247,6 +247,8 @@ impl Translation {
     pub fn stream(self, req: &InferenceRequest) -> Option<Box<dyn StreamAdapter>> {
         match (self.client, self.upstream) {
             (Wire::OpenAi, Wire::OpenAi) => None,
+            // The usage chunk is always made, as an OpenAI upstream is always asked for
+            // it: the engine keeps it from a client that did not ask (and caches it).
             (Wire::OpenAi, Wire::Anthropic) => Some(Box::new(
                 anthropic::upstream::StreamToOpenAi::new(req.include_usage),
             )),

@@ -405,8 +405,14 @@ pub async fn deliver_stream(
         let (chunk, after) =
             gather_arrived(&mut exchange.conn, first, pool, &mut out.response_bytes);
         if let Some(adapter) = adapter.as_mut() {
-            let (chunk, failed) =
-                translate_chunk(adapter.as_mut(), &mut parser, chunk, client, out);
+            let (chunk, failed) = translate_chunk(
+                adapter.as_mut(),
+                &mut parser,
+                chunk,
+                client,
+                mode.strip_usage,
+                out,
+            );
             done = adapter.finished();
             if let Some(u) = adapter.usage() {
                 out.usage = Some(u);
@@ -506,12 +512,13 @@ pub async fn deliver_stream(
 /// One upstream chunk through a stream adapter: the client's bytes for the events it
 /// completed (the chunk itself when the adapter relays), and the error that ends the
 /// stream, if one of them was that. Each client event is kept for the cache and counted
-/// as generated text.
+/// as generated text; with `strip_usage`, a usage-only chunk is kept from the client.
 fn translate_chunk(
     adapter: &mut dyn StreamAdapter,
     parser: &mut SseParser,
     chunk: Bytes,
     client: Wire,
+    strip_usage: bool,
     out: &mut Delivery,
 ) -> (Bytes, Option<GatewayError>) {
     let relays = adapter.relays();
@@ -540,6 +547,9 @@ fn translate_chunk(
                 }
                 if let Some(text) = out.generated.as_mut() {
                     append_generated_text(&event.data, text);
+                }
+                if strip_usage && is_usage_only_chunk(&event.data) {
+                    continue;
                 }
             }
             client.frame(event, &mut framed);

@@ -471,10 +471,13 @@ pub fn error(status: u16, body: &[u8]) -> (u16, Bytes) {
 
 // === stream ===
 
-/// Anthropic's typed events as `chat.completion.chunk`s, ending in `[DONE]`.
+/// Anthropic's typed events as `chat.completion.chunk`s, ending in the usage-only chunk
+/// and `[DONE]`. The usage chunk is always made, as an OpenAI upstream is always asked
+/// for it: the engine keeps it from a client that did not ask (and caches it).
 #[derive(Debug)]
 pub struct StreamToOpenAi {
-    /// The client asked for the usage chunk (`stream_options.include_usage`).
+    /// The client asked for usage (`stream_options.include_usage`): every chunk has
+    /// `"usage": null` but the last, as OpenAI streams them.
     include_usage: bool,
     id: String,
     model: String,
@@ -639,17 +642,15 @@ impl StreamAdapter for StreamToOpenAi {
                     self.finish_reason = Some("stop");
                     out.push(self.chunk(json!({}), Some("stop")));
                 }
-                if self.include_usage {
-                    let usage = self.usage.to_openai();
-                    out.push(ClientEvent::data(to_bytes(&json!({
-                        "id": self.id,
-                        "object": "chat.completion.chunk",
-                        "created": self.created,
-                        "model": self.model,
-                        "choices": [],
-                        "usage": openai_usage_json(&usage),
-                    }))));
-                }
+                let usage = self.usage.to_openai();
+                out.push(ClientEvent::data(to_bytes(&json!({
+                    "id": self.id,
+                    "object": "chat.completion.chunk",
+                    "created": self.created,
+                    "model": self.model,
+                    "choices": [],
+                    "usage": openai_usage_json(&usage),
+                }))));
                 out.push(ClientEvent::data(Bytes::from_static(b"[DONE]")));
                 self.finished = true;
             }
