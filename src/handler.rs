@@ -254,11 +254,13 @@ async fn serve(
 ) -> Result<(), GatewayError> {
     let req = session.req_header();
     let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
+    // Anthropic clients get Anthropic's error shape under its paths, unknown ones too
+    // (e.g. `/v1/messages/count_tokens`).
+    if path.starts_with("/v1/messages") {
+        ctx.wire = Wire::Anthropic;
+    }
     let route = route::route(&req.method, path)?;
     ctx.route = route.name();
-    if let Route::Inference(api) = route {
-        ctx.wire = Wire::of_api(api);
-    }
     if !matches!(route, Route::Health | Route::Ready) {
         ctx.principal = Some(identify(state, session).await?);
     }

@@ -544,6 +544,14 @@ async fn messages_errors_have_anthropics_shape() {
     assert_eq!(v["type"], "error");
     assert_eq!(v["error"]["type"], "not_found_error");
     assert!(v["error"]["message"].as_str().unwrap().contains("nope"));
+    let (status, v) = call(
+        &gw,
+        "/v1/messages/count_tokens",
+        &json!({"model": "claude"}),
+    )
+    .await;
+    assert_eq!(status, 404);
+    assert_eq!(v["error"]["type"], "not_found_error");
 
     let (status, v) = call(&gw, "/v1/messages", &json!({"model": "gpt-4o", "max_tokens": 5, "messages": [{"role": "user", "content": [{"type": "document", "source": {}}]}]})).await;
     assert_eq!(status, 400);
