@@ -25,11 +25,12 @@ use pingora_proxy::Session;
 use tokio::time::Instant;
 use tollgate_plugin::Principal;
 
+use crate::adapters::Translation;
 use crate::catalog::Resolved;
 use crate::config::{HashSource, Strategy};
 use crate::error::GatewayError;
 use crate::handler::RequestCtx;
-use crate::openai::{InferenceRequest, Usage};
+use crate::openai::InferenceRequest;
 use crate::state::State;
 use crate::tokens;
 use crate::upstream::breaker::Admit;
@@ -147,7 +148,21 @@ pub async fn dispatch(
             )
             .await;
         }
-        let body = req.upstream_body(c.upstream_model, stream_mode.strip_usage);
+        let translation = Translation::new(req.api, pool.spec.provider);
+        let body = match translation.request(
+            req,
+            c.upstream_model,
+            stream_mode.strip_usage,
+            &pool.spec,
+        ) {
+            Ok(body) => body,
+            Err(e) => {
+                // This pool cannot take the request as it is; another candidate may.
+                tracing::debug!(request_id = %ctx.request_id, pool = %pool.spec.name, error = %e, "request not translatable for the pool");
+                last = Some(LastFailure::Error(e));
+                continue 'candidates;
+            }
+        };
         let hints = hints(pool, session, req);
         let policy = pool.spec.retry;
         let mut tried: Vec<usize> = Vec::new();
@@ -222,6 +237,7 @@ pub async fn dispatch(
                 pool,
                 endpoint,
                 api: req.api,
+                wire: translation.upstream,
                 body: body.clone(),
                 request_id: &ctx.request_id,
                 traceparent: &traceparent,
@@ -273,6 +289,8 @@ pub async fn dispatch(
                     &extra,
                     &ctx.request_id,
                     stream_mode,
+                    translation.stream(req),
+                    translation.client,
                     &mut ctx.delivery,
                 )
                 .await;
@@ -291,7 +309,7 @@ pub async fn dispatch(
             } else {
                 MAX_ERROR_BODY.min(pool.spec.max_response_bytes)
             };
-            let body = match exchange.read_all(session, pool, cap).await {
+            let upstream_body = match exchange.read_all(session, pool, cap).await {
                 Ok(Some(body)) => body,
                 Ok(None) => {
                     record(ctx, Outcome::ClientGone);
@@ -307,20 +325,27 @@ pub async fn dispatch(
                     continue;
                 }
             };
-            let body = if class == Class::Success {
-                body
+            // The answer in the client's wire: a success translated (an answer that does
+            // not translate is a broken one), an error reshaped.
+            let (client_status, body) = if class == Class::Success {
+                match check_json(pool, exchange.header(), &upstream_body)
+                    .and_then(|()| translation.response(upstream_body.clone()))
+                {
+                    Ok(body) => (status, body),
+                    Err(e) => {
+                        let e = e.in_pool(&pool.spec.name);
+                        record(ctx, Outcome::Failed(e.code()));
+                        breaker_record(pool, endpoint, admitted, false);
+                        tried.push(i);
+                        last = Some(LastFailure::Error(e));
+                        continue;
+                    }
+                }
             } else {
-                without_key(body, key.map(|(_, k)| k.expose()))
+                let upstream_body =
+                    without_key(upstream_body.clone(), key.map(|(_, k)| k.expose()));
+                translation.error(status, upstream_body)
             };
-            if class == Class::Success
-                && let Err(e) = check_json(pool, exchange.header(), &body)
-            {
-                record(ctx, Outcome::Failed(e.code()));
-                breaker_record(pool, endpoint, admitted, false);
-                tried.push(i);
-                last = Some(LastFailure::Error(e));
-                continue;
-            }
             record(ctx, Outcome::Status(status));
             let retry_after = retry_after(exchange.header());
             let retry = match (class, key) {
@@ -354,7 +379,7 @@ pub async fn dispatch(
                 ctx.served(c);
                 if class == Class::Success {
                     pool.balancer.served(&hints, i);
-                    ctx.delivery.usage = Usage::find(&body);
+                    ctx.delivery.usage = translation.usage(&upstream_body);
                     if status == 200
                         && let Some(c) = ctx.delivery.capture.as_mut()
                     {
@@ -362,7 +387,7 @@ pub async fn dispatch(
                     }
                 }
                 let extra = served_headers(ctx, &c, pool, Some(endpoint), made);
-                let header = exchange.header().clone();
+                let header = with_status(exchange.header(), client_status)?;
                 exchange.release(connector).await;
                 // The endpoint is done with it; the client's download needs no slot.
                 drop(slot);
@@ -377,7 +402,7 @@ pub async fn dispatch(
                 .await;
             }
             tracing::debug!(request_id = %ctx.request_id, pool = %pool.spec.name, endpoint = %endpoint.spec.name, status, "attempt refused; retrying");
-            let header = Box::new(exchange.header().clone());
+            let header = Box::new(with_status(exchange.header(), client_status)?);
             exchange.release(connector).await;
             last = Some(LastFailure::Response(header, body));
         }
@@ -531,6 +556,17 @@ fn hints(pool: &Pool, session: &Session, req: &InferenceRequest) -> Hints {
         }
         _ => Hints::default(),
     }
+}
+
+/// The upstream's response header with the client's status (a translated error's may
+/// differ, e.g. Anthropic's 529 is a 503 to OpenAI clients).
+fn with_status(header: &ResponseHeader, status: u16) -> Result<ResponseHeader, GatewayError> {
+    let mut h = header.clone();
+    if h.status.as_u16() != status {
+        h.set_status(status)
+            .map_err(|e| GatewayError::Internal(format!("setting the status {status}: {e}")))?;
+    }
+    Ok(h)
 }
 
 /// A 2xx body must be the JSON the API promises; anything else is a broken upstream.

@@ -127,6 +127,18 @@ impl GatewayError {
         }
     }
 
+    /// An upstream failure found by an adapter, which does not know the pool: named
+    /// after `pool`.
+    pub fn in_pool(self, pool: &str) -> Self {
+        match self {
+            GatewayError::UpstreamProtocol { detail, .. } => GatewayError::UpstreamProtocol {
+                pool: pool.to_owned(),
+                detail,
+            },
+            other => other,
+        }
+    }
+
     pub fn status(&self) -> u16 {
         match self {
             GatewayError::InvalidRequest { .. }

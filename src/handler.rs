@@ -15,8 +15,9 @@ use crate::cache::{self, ResponseCache};
 use crate::config::Limits;
 use tollgate_plugin::{Outcome, Principal, Request as PluginRequest, Settle, TokenUsage};
 
+use crate::adapters::Wire;
 use crate::dispatch::{self, AttemptRecord};
-use crate::error::{GatewayError, error_body};
+use crate::error::GatewayError;
 use crate::openai::{self, Api, InferenceRequest};
 use crate::respond;
 use crate::route::{self, Route};
@@ -33,6 +34,9 @@ pub struct RequestCtx {
     pub trace: Trace,
     pub started: Instant,
     pub route: &'static str,
+    /// The wire format the client speaks (Anthropic's on `/v1/messages`): errors are
+    /// shaped for it.
+    pub wire: Wire,
     /// The model the client asked for.
     pub model: Option<String>,
     /// The configured model it resolved to (aliases resolved), once known.
@@ -80,6 +84,7 @@ impl RequestCtx {
             trace: Trace::default(),
             started: Instant::now(),
             route: "unknown",
+            wire: Wire::OpenAi,
             model: None,
             resolved_model: None,
             served_model: None,
@@ -248,8 +253,13 @@ async fn serve(
     ctx: &mut RequestCtx,
 ) -> Result<(), GatewayError> {
     let req = session.req_header();
-    check_head(req, &state.config.limits)?;
     let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
+    // Anthropic clients get Anthropic's error shape under its paths, unknown ones too
+    // (e.g. `/v1/messages/count_tokens`).
+    if path.starts_with("/v1/messages") {
+        ctx.wire = Wire::Anthropic;
+    }
+    check_head(req, &state.config.limits)?;
     let route = route::route(&req.method, path)?;
     ctx.route = route.name();
     if !matches!(route, Route::Health | Route::Ready) {
@@ -460,7 +470,10 @@ async fn serve_hit(
         }
         cache::Answer::Events(events) => {
             d.event_stream = true;
-            let body = cache::replay_events(events, req.needs_usage_requested());
+            let body = match ctx.wire {
+                Wire::OpenAi => cache::replay_events(events, req.needs_usage_requested()),
+                Wire::Anthropic => crate::adapters::anthropic::replay_events(events),
+            };
             d.response_bytes = body.len() as u64;
             match respond::sse_start(session, id, &extra).await {
                 Ok(()) => session.write_response_body(Some(body), true).await,
@@ -592,7 +605,7 @@ async fn answer_failure(session: &mut Session, ctx: &RequestCtx, e: &GatewayErro
             // Where the body ends is not known: nothing more is read from this connection.
             session.set_keepalive(None);
         }
-        if let Err(write_err) = respond::error(session, e, &ctx.request_id).await {
+        if let Err(write_err) = respond::error(session, e, &ctx.request_id, ctx.wire).await {
             tracing::debug!(request_id = %ctx.request_id, error = %write_err, "could not send the error response");
         }
         if !matches!(e, GatewayError::BadFraming(_)) {
@@ -602,8 +615,8 @@ async fn answer_failure(session: &mut Session, ctx: &RequestCtx, e: &GatewayErro
     }
     session.set_keepalive(None);
     if f.event_stream {
-        let body = error_body(&e.message(), "server_error", None, Some(e.code()));
-        let _ = respond::sse_event(session, &body).await;
+        let event = ctx.wire.stream_error(e);
+        let _ = session.write_response_body(Some(event), false).await;
         let _ = session.write_response_body(None, true).await;
     }
 }

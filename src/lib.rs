@@ -4,7 +4,8 @@
 //! (model `catalog`, upstream pools); `server` turns it into a Pingora server whose one
 //! service, `gateway`, hands each request to `handler`; `upstream` forwards to real
 //! endpoints or answers with the built-in mock; `openai` holds the wire format, `error`
-//! the one error type, `respond` the gateway's own responses; `reload` swaps in a new
+//! the one error type, `respond` the gateway's own responses; `adapters` translate
+//! between the client's wire format and a pool's (Anthropic's Messages API); `reload` swaps in a new
 //! state on SIGHUP or a change of the config file. `cache` is the response
 //! cache, `store` the shared state (Redis) behind limits and the cache, `metrics` the
 //! Prometheus registry.
@@ -14,6 +15,7 @@
 )]
 
 pub mod access_log;
+pub mod adapters;
 pub mod admin;
 pub mod body;
 pub mod cache;

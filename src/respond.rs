@@ -5,6 +5,7 @@ use bytes::Bytes;
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 
+use crate::adapters::Wire;
 use crate::error::GatewayError;
 
 pub type WriteResult = pingora_error::Result<()>;
@@ -54,10 +55,16 @@ pub async fn json_with(
     Ok(())
 }
 
-/// The OpenAI error response for `e`.
-pub async fn error(session: &mut Session, e: &GatewayError, request_id: &str) -> WriteResult {
+/// The error response for `e`, shaped as the client's `wire` (OpenAI's, or Anthropic's
+/// on `/v1/messages`).
+pub async fn error(
+    session: &mut Session,
+    e: &GatewayError,
+    request_id: &str,
+    wire: Wire,
+) -> WriteResult {
     let mut h = header(e.status(), "application/json", request_id)?;
-    let body = e.body();
+    let body = wire.error_body(e);
     h.insert_header("content-length", body.len().to_string())?;
     for (name, value) in e.headers() {
         h.insert_header(*name, value.as_str())?;

@@ -22,6 +22,7 @@ impl Route {
             Route::Inference(Api::ChatCompletions) => "chat_completions",
             Route::Inference(Api::Completions) => "completions",
             Route::Inference(Api::Embeddings) => "embeddings",
+            Route::Inference(Api::Messages) => "messages",
             Route::ListModels => "list_models",
             Route::GetModel(_) => "get_model",
             Route::Health => "health",
@@ -37,6 +38,7 @@ pub fn route(method: &Method, path: &str) -> Result<Route, GatewayError> {
         "/v1/chat/completions" => (Route::Inference(Api::ChatCompletions), Method::POST),
         "/v1/completions" => (Route::Inference(Api::Completions), Method::POST),
         "/v1/embeddings" => (Route::Inference(Api::Embeddings), Method::POST),
+        "/v1/messages" => (Route::Inference(Api::Messages), Method::POST),
         "/v1/models" => (Route::ListModels, Method::GET),
         "/health" => (Route::Health, Method::GET),
         "/ready" => (Route::Ready, Method::GET),
@@ -85,6 +87,11 @@ mod tests {
             route(&Method::GET, "/v1/models/a/b").unwrap(),
             Route::GetModel("a/b".into())
         );
+        assert_eq!(
+            route(&Method::POST, "/v1/messages").unwrap(),
+            Route::Inference(Api::Messages)
+        );
+        assert_eq!(Route::Inference(Api::Messages).name(), "messages");
         assert_eq!(route(&Method::GET, "/v1/nope").unwrap_err().status(), 404);
         assert_eq!(
             route(&Method::GET, "/v1/models/").unwrap_err().status(),

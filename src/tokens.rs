@@ -40,7 +40,7 @@ pub fn fits(req: &InferenceRequest, window: u64, prompt: &mut Option<u64>) -> Re
 pub fn prompt_tokens(req: &InferenceRequest) -> u64 {
     let input = req.input();
     match req.api {
-        Api::ChatCompletions => serde_json::from_slice::<Vec<Message<'_>>>(input)
+        Api::ChatCompletions | Api::Messages => serde_json::from_slice::<Vec<Message<'_>>>(input)
             .map(|messages| messages.iter().map(Message::tokens).sum::<u64>() + REPLY_PRIMER)
             .unwrap_or_else(|_| bytes_estimate(input)),
         Api::Completions | Api::Embeddings => serde_json::from_slice::<Prompt<'_>>(input)

@@ -315,6 +315,8 @@ pub enum ProviderKind {
     Openai,
     /// Answers locally, without any network: for the default config, demos and tests.
     Mock,
+    /// Anthropic's Messages API: OpenAI chat requests are translated to it and back.
+    Anthropic,
 }
 
 #[derive(Debug, Deserialize)]
@@ -330,6 +332,8 @@ pub struct PoolSection {
     #[serde(default = "default_dns_refresh", with = "humantime_serde")]
     pub dns_refresh: Duration,
     pub mock: Option<Spanned<MockSection>>,
+    /// Settings of `provider: anthropic` pools.
+    pub anthropic: Option<Spanned<AnthropicSection>>,
     #[serde(default)]
     pub balance: BalanceSection,
     #[serde(default)]
@@ -723,6 +727,19 @@ pub struct PoolTlsSection {
     /// PEM file of the CA certificates trusted for this pool, instead of the system store
     /// (for private CAs, e.g. an internal vLLM fleet).
     pub ca_file: Option<Spanned<String>>,
+}
+
+/// A `provider: anthropic` pool's settings.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnthropicSection {
+    /// `max_tokens` sent when an OpenAI request gives none (Anthropic requires it).
+    #[serde(default = "default_anthropic_max_tokens")]
+    pub default_max_tokens: Spanned<u64>,
+}
+
+fn default_anthropic_max_tokens() -> Spanned<u64> {
+    unspanned(4096)
 }
 
 #[derive(Debug, Default, Deserialize)]

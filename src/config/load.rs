@@ -10,9 +10,10 @@ use serde_saphyr::{Location, Spanned};
 
 use super::file::{self, FileConfig, ProviderKind};
 use super::{
-    Balance, BreakerSettings, Config, EndpointSpec, HashSource, HealthCheck, Limits, Listener,
-    ListenerTls, LoadAware, MockSettings, Model, PoolSpec, Priorities, PriorityClass,
-    QueueSettings, RetryPolicy, Routing, Secret, ServerSettings, Strategy, Target, Timeouts,
+    AnthropicSettings, Balance, BreakerSettings, Config, EndpointSpec, HashSource, HealthCheck,
+    Limits, Listener, ListenerTls, LoadAware, MockSettings, Model, PoolSpec, Priorities,
+    PriorityClass, QueueSettings, RetryPolicy, Routing, Secret, ServerSettings, Strategy, Target,
+    Timeouts,
 };
 
 /// One problem in a config file.
@@ -765,7 +766,7 @@ impl Validator<'_> {
                     }
                     Vec::new()
                 }
-                ProviderKind::Openai => {
+                ProviderKind::Openai | ProviderKind::Anthropic => {
                     if p.endpoints.value.is_empty() {
                         self.error(
                             p.endpoints.referenced,
@@ -795,6 +796,7 @@ impl Validator<'_> {
                 .as_ref()
                 .map(|f| PathBuf::from(self.existing_file(f, &format!("{path}.tls.ca_file"))));
             let mock = p.mock.as_ref().map(|m| &m.value);
+            let anthropic = self.anthropic(p, &format!("{path}.anthropic"));
             let balance = self.balance(&p.balance, &format!("{path}.balance"));
             let health_check = self.health_check(&p.health_check, &format!("{path}.health_check"));
             let breaker = self.breaker(&p.breaker, &format!("{path}.breaker"));
@@ -824,6 +826,7 @@ impl Validator<'_> {
                     chunk_delay: mock.map(|m| m.chunk_delay).unwrap_or_default(),
                     embedding_dims: mock.and_then(|m| m.embedding_dims).unwrap_or(16).max(1),
                 },
+                anthropic,
                 balance,
                 health_check,
                 breaker,
@@ -898,6 +901,27 @@ impl Validator<'_> {
                 prefix_bytes: b.prefix_bytes.value,
                 affinity_slack: b.affinity_slack.value,
             },
+        }
+    }
+
+    fn anthropic(&mut self, p: &file::PoolSection, path: &str) -> AnthropicSettings {
+        let Some(a) = &p.anthropic else {
+            return AnthropicSettings::default();
+        };
+        if p.provider != ProviderKind::Anthropic {
+            self.error(
+                a.referenced,
+                path,
+                "only a `provider: anthropic` pool takes anthropic settings",
+            );
+        }
+        self.at_least(
+            &a.value.default_max_tokens,
+            1,
+            &format!("{path}.default_max_tokens"),
+        );
+        AnthropicSettings {
+            default_max_tokens: a.value.default_max_tokens.value.max(1),
         }
     }
 

@@ -184,6 +184,7 @@ pub struct PoolSpec {
     pub ca_file: Option<PathBuf>,
     pub dns_refresh: Duration,
     pub mock: MockSettings,
+    pub anthropic: AnthropicSettings,
     pub balance: Balance,
     /// `None` when active health checks are off.
     pub health_check: Option<HealthCheck>,
@@ -358,6 +359,21 @@ pub struct Timeouts {
 pub struct MockSettings {
     pub chunk_delay: Duration,
     pub embedding_dims: usize,
+}
+
+/// What a `provider: anthropic` pool adds to a translated request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AnthropicSettings {
+    /// `max_tokens` when the request gives none (Anthropic requires one).
+    pub default_max_tokens: u64,
+}
+
+impl Default for AnthropicSettings {
+    fn default() -> Self {
+        AnthropicSettings {
+            default_max_tokens: 4096,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -433,3 +433,33 @@ fn a_mock_pool_takes_no_queue() {
     );
     one_error(&text, 11, "pools.local.queue", "takes no queue");
 }
+
+#[test]
+fn anthropic_pools_load_with_their_max_tokens_default() {
+    let text = GOOD.replace("provider: openai", "provider: anthropic");
+    let c = parse(&text, "gw.yaml", Path::new("."), &env).unwrap();
+    assert_eq!(c.pools[0].provider, super::ProviderKind::Anthropic);
+    assert_eq!(c.pools[0].anthropic.default_max_tokens, 4096);
+    let text = format!("{text}    anthropic: {{default_max_tokens: 1024}}\n");
+    let c = parse(&text, "gw.yaml", Path::new("."), &env).unwrap();
+    assert_eq!(c.pools[0].anthropic.default_max_tokens, 1024);
+}
+
+#[test]
+fn anthropic_settings_belong_to_anthropic_pools() {
+    one_error(
+        &format!("{GOOD}    anthropic: {{default_max_tokens: 1024}}\n"),
+        14,
+        "pools.openai.anthropic",
+        "only a `provider: anthropic` pool",
+    );
+    one_error(
+        &format!(
+            "{}    anthropic: {{default_max_tokens: 0}}\n",
+            GOOD.replace("provider: openai", "provider: anthropic")
+        ),
+        14,
+        "pools.openai.anthropic.default_max_tokens",
+        "at least 1",
+    );
+}

@@ -19,6 +19,8 @@ pub enum Api {
     ChatCompletions,
     Completions,
     Embeddings,
+    /// Anthropic's Messages API (`POST /v1/messages`), for Anthropic clients.
+    Messages,
 }
 
 impl Api {
@@ -28,13 +30,19 @@ impl Api {
             Api::ChatCompletions => "/chat/completions",
             Api::Completions => "/completions",
             Api::Embeddings => "/embeddings",
+            Api::Messages => "/messages",
         }
+    }
+
+    /// A conversation of messages (OpenAI's chat or Anthropic's Messages).
+    pub fn is_chat(self) -> bool {
+        matches!(self, Api::ChatCompletions | Api::Messages)
     }
 
     /// The field that carries the input, which must be present.
     fn input_field(self) -> &'static str {
         match self {
-            Api::ChatCompletions => "messages",
+            Api::ChatCompletions | Api::Messages => "messages",
             Api::Completions => "prompt",
             Api::Embeddings => "input",
         }
@@ -154,7 +162,7 @@ impl InferenceRequest {
         };
 
         let input = match api {
-            Api::ChatCompletions => fields.messages,
+            Api::ChatCompletions | Api::Messages => fields.messages,
             Api::Completions => fields.prompt,
             Api::Embeddings => fields.input,
         };
@@ -180,13 +188,13 @@ impl InferenceRequest {
                     Some(field),
                 ));
             }
-            Some(raw) if api == Api::ChatCompletions && !raw.starts_with('[') => {
+            Some(raw) if api.is_chat() && !raw.starts_with('[') => {
                 return Err(GatewayError::invalid(
                     "`messages` must be an array of message objects",
                     Some("messages"),
                 ));
             }
-            Some(raw) if api == Api::ChatCompletions && is_empty_array(raw) => {
+            Some(raw) if api.is_chat() && is_empty_array(raw) => {
                 return Err(GatewayError::invalid(
                     "`messages` must contain at least one message",
                     Some("messages"),
@@ -210,9 +218,12 @@ impl InferenceRequest {
     }
 
     /// Whether the gateway must ask the upstream for usage itself: a stream whose client
-    /// did not ask for it (`stream_options.include_usage`).
+    /// did not ask for it (`stream_options.include_usage`). Anthropic streams always
+    /// report usage.
     pub fn needs_usage_requested(&self) -> bool {
-        self.stream && !self.include_usage && self.api != Api::Embeddings
+        self.stream
+            && !self.include_usage
+            && matches!(self.api, Api::ChatCompletions | Api::Completions)
     }
 
     /// The input (`messages`, `prompt` or `input`) as raw JSON bytes.

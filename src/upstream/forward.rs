@@ -25,6 +25,7 @@ use tokio::time::Instant;
 
 use super::peer::UpstreamPeer;
 use super::{Endpoint, Pool};
+use crate::adapters::{ClientEvent, StreamAdapter, Wire};
 use crate::body::BodyBuf;
 use crate::config::Secret;
 use crate::error::GatewayError;
@@ -115,6 +116,8 @@ pub struct Attempt<'a> {
     pub pool: &'a Pool,
     pub endpoint: &'a Endpoint,
     pub api: Api,
+    /// What the pool speaks: decides the path and the credential headers.
+    pub wire: Wire,
     pub body: Bytes,
     pub request_id: &'a str,
     /// The `traceparent` sent upstream (see [`crate::trace`]).
@@ -349,6 +352,8 @@ pub async fn deliver_stream(
     extra: &[(&'static str, String)],
     request_id: &str,
     mode: StreamMode,
+    mut adapter: Option<Box<dyn StreamAdapter>>,
+    client: Wire,
     out: &mut Delivery,
 ) -> Result<(), GatewayError> {
     out.event_stream = true;
@@ -399,6 +404,39 @@ pub async fn deliver_stream(
         // What else has arrived already goes to the client in the same write.
         let (chunk, after) =
             gather_arrived(&mut exchange.conn, first, pool, &mut out.response_bytes);
+        if let Some(adapter) = adapter.as_mut() {
+            let (chunk, failed) = translate_chunk(
+                adapter.as_mut(),
+                &mut parser,
+                chunk,
+                client,
+                mode.strip_usage,
+                out,
+            );
+            done = adapter.finished();
+            if let Some(u) = adapter.usage() {
+                out.usage = Some(u);
+            }
+            if !chunk.is_empty()
+                && let Err(e) = session.write_response_body(Some(chunk), false).await
+            {
+                tracing::debug!(request_id, error = %e, "client gone mid-stream");
+                out.client_gone = true;
+                return Ok(());
+            }
+            if let Some(e) = failed {
+                return Err(e.in_pool(&pool.spec.name));
+            }
+            match after {
+                Gathered::More => {}
+                Gathered::End => break,
+                Gathered::Failed(e) => return Err(e),
+            }
+            if done || exchange.conn.response_done() {
+                break;
+            }
+            continue;
+        }
         // Usually the upstream's bytes go on untouched; when a chunk must be held back,
         // the stream is re-framed event by event instead.
         let mut reframed = mode
@@ -453,7 +491,10 @@ pub async fn deliver_stream(
     if !done {
         return Err(GatewayError::UpstreamProtocol {
             pool: pool.spec.name.clone(),
-            detail: "the stream ended without `data: [DONE]`".into(),
+            detail: match adapter {
+                Some(_) => "the stream ended before its last event".into(),
+                None => "the stream ended without `data: [DONE]`".into(),
+            },
         });
     }
     if let Err(e) = session.write_response_body(None, true).await {
@@ -466,6 +507,59 @@ pub async fn deliver_stream(
     }
     exchange.release(connector).await;
     Ok(())
+}
+
+/// One upstream chunk through a stream adapter: the client's bytes for the events it
+/// completed (the chunk itself when the adapter relays), and the error that ends the
+/// stream, if one of them was that. Each client event is kept for the cache and counted
+/// as generated text; with `strip_usage`, a usage-only chunk is kept from the client.
+fn translate_chunk(
+    adapter: &mut dyn StreamAdapter,
+    parser: &mut SseParser,
+    chunk: Bytes,
+    client: Wire,
+    strip_usage: bool,
+    out: &mut Delivery,
+) -> (Bytes, Option<GatewayError>) {
+    let relays = adapter.relays();
+    let mut framed = BytesMut::new();
+    let mut events: Vec<ClientEvent> = Vec::new();
+    let mut failed = None;
+    parser.feed(&chunk, |data| {
+        if failed.is_some() {
+            return;
+        }
+        if let Some(text) = out.generated.as_mut() {
+            append_generated_text(data, text);
+        }
+        events.clear();
+        if let Err(e) = adapter.event(data, &mut events) {
+            failed = Some(e);
+            return;
+        }
+        if relays && let Some(c) = out.capture.as_mut() {
+            c.event(data);
+        }
+        for event in &events {
+            if !event.is_done() {
+                if let Some(c) = out.capture.as_mut() {
+                    c.event(&event.data);
+                }
+                if let Some(text) = out.generated.as_mut() {
+                    append_generated_text(&event.data, text);
+                }
+                if strip_usage && is_usage_only_chunk(&event.data) {
+                    continue;
+                }
+            }
+            client.frame(event, &mut framed);
+        }
+    });
+    if relays {
+        (chunk, failed)
+    } else {
+        (framed.freeze(), failed)
+    }
 }
 
 /// The error of a stream that passed `max_response_bytes`.
@@ -616,7 +710,7 @@ fn request_header(
         GatewayError::Internal(format!("building the upstream request: {e}"))
     };
     let spec = &a.endpoint.spec;
-    let mut path = format!("{}{}", spec.base_path, a.api.path());
+    let mut path = format!("{}{}", spec.base_path, a.wire.path(a.api));
     if let Some(query) = client.uri.query() {
         path.push('?');
         path.push_str(query);
@@ -639,10 +733,7 @@ fn request_header(
         .map_err(internal)?;
     req.insert_header("traceparent", a.traceparent)
         .map_err(internal)?;
-    if let Some(key) = key {
-        req.insert_header("authorization", format!("Bearer {}", key.expose()))
-            .map_err(internal)?;
-    }
+    a.wire.authorize(&mut req, key).map_err(internal)?;
     Ok(req)
 }
 

@@ -18,6 +18,7 @@ use tokio::time::MissedTickBehavior;
 use crate::config::HealthCheck;
 
 use super::{Endpoint, Pool};
+use crate::adapters::Wire;
 
 /// The most of a probe's response body read; past it the connection is dropped.
 const MAX_PROBE_BODY: usize = 64 * 1024;
@@ -160,7 +161,7 @@ async fn exchange(
     // Probes come every `interval`: keep the connection for the next one.
     let keep = settings.interval + settings.timeout;
     let peer = pool.peer(endpoint, addr, keep);
-    let request = probe_request(endpoint, settings)?;
+    let request = probe_request(endpoint, settings, Wire::of_provider(pool.spec.provider))?;
 
     // A pooled connection the upstream closed while idle fails on first use; such a
     // failure, before any answer, is retried once on a fresh connection.
@@ -219,7 +220,13 @@ async fn send(conn: &mut HttpSession, request: RequestHeader) -> pingora_error::
     conn.read_response_header().await
 }
 
-fn probe_request(endpoint: &Endpoint, settings: &HealthCheck) -> Result<RequestHeader, String> {
+/// `GET <prefix>/models` (or the configured path) with the pool's credential, as its
+/// wire sends it: Anthropic serves `GET /v1/models` too, with `x-api-key`.
+fn probe_request(
+    endpoint: &Endpoint,
+    settings: &HealthCheck,
+    wire: Wire,
+) -> Result<RequestHeader, String> {
     let spec = &endpoint.spec;
     let path = match &settings.path {
         Some(path) => path.clone(),
@@ -230,10 +237,8 @@ fn probe_request(endpoint: &Endpoint, settings: &HealthCheck) -> Result<RequestH
     req.insert_header("host", endpoint.host_header())
         .map_err(build)?;
     req.insert_header("user-agent", USER_AGENT).map_err(build)?;
-    if let Some((_, key)) = endpoint.keys().pick() {
-        req.insert_header("authorization", format!("Bearer {}", key.expose()))
-            .map_err(build)?;
-    }
+    wire.authorize(&mut req, endpoint.keys().pick().map(|(_, key)| key))
+        .map_err(build)?;
     Ok(req)
 }
 
@@ -305,13 +310,18 @@ mod tests {
         let pool = pool_for("http://10.0.0.1:8000/openai/v1", "");
         let e = &pool.endpoints[0];
         let mut s = checks(1, 1);
-        let req = probe_request(e, &s).unwrap();
+        let req = probe_request(e, &s, Wire::OpenAi).unwrap();
         assert_eq!(req.uri, "/openai/v1/models");
         assert_eq!(req.headers["host"], "10.0.0.1:8000");
         assert_eq!(req.headers["user-agent"], USER_AGENT);
         assert_eq!(req.headers["authorization"], "Bearer sk-probe");
         s.path = Some("/health".into());
-        assert_eq!(probe_request(e, &s).unwrap().uri, "/health");
+        assert_eq!(probe_request(e, &s, Wire::OpenAi).unwrap().uri, "/health");
+        // Anthropic pools: the same path, Anthropic's credential headers.
+        let req = probe_request(e, &s, Wire::Anthropic).unwrap();
+        assert_eq!(req.headers["x-api-key"], "sk-probe");
+        assert_eq!(req.headers["anthropic-version"], "2023-06-01");
+        assert!(req.headers.get("authorization").is_none());
     }
 
     /// A one-endpoint pool for `url`, with `extra` YAML appended to the pool.

@@ -12,6 +12,8 @@ use serde_json::{Value, json};
 
 use super::Delivery;
 use super::Pool;
+use crate::adapters::anthropic::{self, client::StreamToAnthropic};
+use crate::adapters::{StreamAdapter, Wire};
 use crate::error::GatewayError;
 use crate::openai::{Api, InferenceRequest, Usage, unix_now};
 use crate::respond;
@@ -52,7 +54,18 @@ pub async fn answer(
                 .await
                 .map_err(write_err)
         }
-        Api::ChatCompletions | Api::Completions => {
+        Api::ChatCompletions | Api::Completions | Api::Messages => {
+            // An Anthropic client gets the same answer, through the same adapter as
+            // from an OpenAI-compatible upstream.
+            let translated;
+            let (req, body, wire) = if req.api == Api::Messages {
+                let chat_body = anthropic::client::request(&req.body, upstream_model)?;
+                translated = InferenceRequest::parse(Api::ChatCompletions, chat_body)?;
+                let body: Value = serde_json::from_slice(&translated.body).unwrap_or_default();
+                (&translated, body, Wire::Anthropic)
+            } else {
+                (req, body, Wire::OpenAi)
+            };
             check_messages(&body)?;
             let prompt = prompt_text(req.api, &body);
             let words = reply_words(&prompt);
@@ -75,17 +88,33 @@ pub async fn answer(
                     .await
                     .map_err(write_err)?;
                 out.response_started = true;
+                let mut adapter = (wire == Wire::Anthropic).then(StreamToAnthropic::new);
                 for (i, chunk) in chunks.iter().enumerate() {
                     if i > 0 && !settings.chunk_delay.is_zero() {
                         tokio::time::sleep(settings.chunk_delay).await;
                     }
-                    respond::sse_event(session, chunk)
-                        .await
-                        .map_err(write_err)?;
+                    match adapter.as_mut() {
+                        None => respond::sse_event(session, chunk)
+                            .await
+                            .map_err(write_err)?,
+                        Some(a) => write_translated(session, a, chunk).await?,
+                    }
                 }
-                respond::sse_done(session).await.map_err(write_err)
+                match adapter.as_mut() {
+                    None => respond::sse_done(session).await.map_err(write_err),
+                    Some(a) => {
+                        write_translated(session, a, b"[DONE]").await?;
+                        session
+                            .write_response_body(None, true)
+                            .await
+                            .map_err(write_err)
+                    }
+                }
             } else {
-                let response = complete(req.api, &id, upstream_model, &words.concat(), usage);
+                let mut response = complete(req.api, &id, upstream_model, &words.concat(), usage);
+                if wire == Wire::Anthropic {
+                    response = anthropic::client::response(&response)?;
+                }
                 out.response_bytes = response.len() as u64;
                 out.response_started = true;
                 respond::json_with(session, 200, response, request_id, extra)
@@ -94,6 +123,27 @@ pub async fn answer(
             }
         }
     }
+}
+
+/// One OpenAI chunk of the mock's stream, written as the Anthropic events it makes.
+async fn write_translated(
+    session: &mut Session,
+    adapter: &mut StreamToAnthropic,
+    chunk: &[u8],
+) -> Result<(), GatewayError> {
+    let mut events = Vec::new();
+    adapter.event(chunk, &mut events)?;
+    let mut framed = bytes::BytesMut::new();
+    for e in &events {
+        Wire::Anthropic.frame(e, &mut framed);
+    }
+    if framed.is_empty() {
+        return Ok(());
+    }
+    session
+        .write_response_body(Some(framed.freeze()), false)
+        .await
+        .map_err(|e| GatewayError::BodyIncomplete(format!("client gone: {e}")))
 }
 
 /// The text the reply echoes: the last user message, or the prompt.
@@ -113,15 +163,7 @@ fn prompt_text(api: Api, body: &Value) -> String {
 
 /// Text of a message content: a string, or the text parts of an array of parts.
 fn content_text(content: &Value) -> String {
-    match content {
-        Value::String(s) => s.clone(),
-        Value::Array(parts) => parts
-            .iter()
-            .filter_map(|p| p.get("text").and_then(Value::as_str))
-            .collect::<Vec<_>>()
-            .join(" "),
-        _ => String::new(),
-    }
+    anthropic::text_of(content, " ")
 }
 
 /// The reply as stream pieces: the first word bare, each next one with its space, so
