@@ -183,22 +183,34 @@ enum Overdue {
 
 /// Whether a head ends in `bytes`, given the last two bytes of the head read before them
 /// (updated). Empty lines before a request line are skipped, as HTTP/1.1 allows; lines
-/// may end in CRLF or a bare LF.
+/// may end in CRLF or a bare LF. Only line ends are looked at (memchr), and the bytes of a
+/// line only until the request line has begun.
 fn head_ends(last: &mut [u8; 2], begun: &mut bool, bytes: &[u8]) -> bool {
-    let mut prev = *last;
-    for &b in bytes {
-        if b == b'\n' {
-            // `\n\n` or `\n\r\n` ends the head once a request line has begun.
-            let blank = prev[1] == b'\n' || (prev[1] == b'\r' && prev[0] == b'\n');
-            if *begun && blank {
-                return true;
-            }
-        } else if b != b'\r' {
+    let not_line_end = |b: &u8| *b != b'\r' && *b != b'\n';
+    let mut from = 0;
+    for i in memchr::memchr_iter(b'\n', bytes) {
+        if !*begun && bytes[from..i].iter().any(not_line_end) {
             *begun = true;
         }
-        prev = [prev[1], b];
+        // The two bytes before this LF, reaching back into earlier reads.
+        let before = |n: usize| match i.checked_sub(n) {
+            Some(at) => bytes[at],
+            None => last[2 - (n - i)],
+        };
+        let (b1, b2) = (before(1), before(2));
+        if *begun && (b1 == b'\n' || (b1 == b'\r' && b2 == b'\n')) {
+            return true;
+        }
+        from = i + 1;
     }
-    *last = prev;
+    if !*begun && bytes[from..].iter().any(not_line_end) {
+        *begun = true;
+    }
+    *last = match bytes {
+        [] => *last,
+        [b] => [last[1], *b],
+        [.., a, b] => [*a, *b],
+    };
     false
 }
 
@@ -346,6 +358,8 @@ mod tests {
             let (a, b) = head.split_at(cut);
             assert_eq!(ends(&[a, b]), Some(1), "cut at {cut}");
         }
+        let bytes: Vec<&[u8]> = head.chunks(1).collect();
+        assert_eq!(ends(&bytes), Some(head.len() - 1), "a byte per read");
         assert_eq!(ends(&[b"GET / HTTP/1.1\nHost: a\n\n"]), Some(0));
         assert_eq!(ends(&[b"GET / HTTP/1.1\r\nHost: a\n", b"\r\n"]), Some(1));
     }
