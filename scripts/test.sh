@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole tollgate test suite, as CI runs it (.ci/run) and as a developer runs it:
 #   setup -> rustfmt -> clippy -> build -> validate conf/*.yaml -> Rust tests -> SDK tests
+#   -> fuzz smoke
 # Stops at the first failing step and says which one it was.
 set -euo pipefail
 
@@ -120,3 +121,10 @@ fi
 
 step "SDK tests (pytest tests/sdk)"
 TOLLGATE_BIN="$BIN" .venv/bin/python -m pytest tests/sdk -q "${PYTEST_CI[@]}" </dev/null
+
+step "fuzz smoke (fuzz/run.sh --smoke)"
+# Builds the fuzz targets (their own workspace and target dir, fuzz/target) and runs each
+# for FUZZ_SECONDS (5) on the committed seeds: any crash fails the step.
+FUZZ_QUIET=()
+[ "$CI" = "true" ] && FUZZ_QUIET=(env CARGO_TERM_QUIET=true)
+"${FUZZ_QUIET[@]}" env FUZZ_SECONDS="${FUZZ_SECONDS:-5}" fuzz/run.sh --smoke </dev/null
