@@ -4,6 +4,7 @@
 #     redis-server (the shared-state tests start their own Redis on a free port),
 #     prometheus (promtool and a Prometheus server for the metrics tests)
 #   - a Python venv at .venv/ with the pinned packages of tests/sdk/requirements.txt
+#   - cargo-fuzz (from crates.io, pinned) for the fuzz smoke step (fuzz/run.sh --smoke)
 # Safe to run again and again; a second run only checks and returns in about a second.
 set -euo pipefail
 
@@ -63,6 +64,18 @@ if cargo nextest --version >/dev/null 2>&1; then
     say "rust: $(rustc --version | cut -d' ' -f1-2), nextest present"
 else
     say "rust: $(rustc --version | cut -d' ' -f1-2), no cargo-nextest (tests fall back to cargo test)"
+fi
+
+# cargo-fuzz builds the fuzz targets (fuzz/); the stable toolchain is enough (-s none).
+# Skipped when the fuzz smoke step will not run (FUZZ_SMOKE=0, the default in CI).
+CARGO_FUZZ_VERSION=0.13.2
+if [ "${FUZZ_SMOKE:-1}" = 0 ]; then
+    say "cargo-fuzz not needed (FUZZ_SMOKE=0)"
+elif cargo fuzz --version 2>/dev/null | grep -q " $CARGO_FUZZ_VERSION\$"; then
+    say "cargo-fuzz $CARGO_FUZZ_VERSION present"
+else
+    say "cargo install cargo-fuzz $CARGO_FUZZ_VERSION (about 1.5 minutes, once)"
+    cargo install cargo-fuzz --version "$CARGO_FUZZ_VERSION" --locked --quiet
 fi
 
 # --- Python venv for tests/sdk ---------------------------------------------------------

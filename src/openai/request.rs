@@ -68,7 +68,8 @@ pub struct InferenceRequest {
     pub max_tokens: Option<u64>,
     /// Byte range of the input (`messages`, `prompt` or `input`) in `body`.
     input_span: Range<usize>,
-    /// Byte range of the `stream_options` value, when present and not null.
+    /// Byte range of the `stream_options` value, when present (`null` included: asking
+    /// for usage replaces it, rather than adding a second `stream_options` key).
     stream_options_span: Option<Range<usize>>,
 }
 
@@ -80,8 +81,8 @@ struct Fields<'a> {
     model: Option<&'a RawValue>,
     #[serde(borrow)]
     stream: Option<&'a RawValue>,
-    #[serde(borrow)]
-    stream_options: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    stream_options: Present<'a>,
     #[serde(borrow)]
     messages: Option<&'a RawValue>,
     #[serde(borrow)]
@@ -94,6 +95,17 @@ struct Fields<'a> {
     max_tokens: Option<&'a RawValue>,
     #[serde(borrow)]
     max_completion_tokens: Option<&'a RawValue>,
+}
+
+/// A field's raw value whenever the key is there, `null` included: an `Option<&RawValue>`
+/// reads `null` as a missing key.
+#[derive(Default)]
+struct Present<'a>(Option<&'a RawValue>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Present<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        <&'a RawValue>::deserialize(d).map(|raw| Present(Some(raw)))
+    }
 }
 
 #[derive(Deserialize)]
@@ -144,11 +156,8 @@ impl InferenceRequest {
                 ));
             }
         };
-        let stream_options_span = fields
-            .stream_options
-            .filter(|raw| raw.get() != "null")
-            .map(|raw| span_of(text, raw.get()));
-        let include_usage = match fields.stream_options.map(RawValue::get) {
+        let stream_options_span = fields.stream_options.0.map(|raw| span_of(text, raw.get()));
+        let include_usage = match fields.stream_options.0.map(RawValue::get) {
             None | Some("null") => false,
             Some(raw) => serde_json::from_str::<StreamOptions>(raw)
                 .map_err(|_| {
@@ -367,6 +376,21 @@ mod tests {
         // Nothing to change: the same buffer.
         let req = chat(r#"{"model":"a","messages":[{"role":"user","content":"x"}]}"#).unwrap();
         assert_eq!(req.upstream_body("a", false).as_ptr(), req.body.as_ptr());
+    }
+
+    #[test]
+    fn a_null_stream_options_is_replaced_not_duplicated() {
+        // Found by fuzz/request_body: the usage request was added as a second
+        // `stream_options` key in front of the client's `null`, and JSON readers that keep
+        // the last duplicate (most do) saw no usage request.
+        let body = r#"{"model":"m","stream":true,"stream_options":null,"messages":[1]}"#;
+        let req = chat(body).unwrap();
+        assert!(req.needs_usage_requested());
+        let out = req.upstream_body("m", true);
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            r#"{"model":"m","stream":true,"stream_options":{"include_usage":true},"messages":[1]}"#
+        );
     }
 
     #[test]

@@ -10,6 +10,9 @@
 //!   first byte and time to first token differ by one chunk delay.
 //! - any other `POST /v1/chat/completions`: a canned `chat.completion` with `usage`.
 //! - `GET /health`: 200.
+//! - For the soak run (bench/soak.sh), an unreliable upstream: `--fail-every N` answers
+//!   every Nth chat request with a 503 and an OpenAI error body, and `--cut-every N` cuts
+//!   every Nth stream after its first chunks (the connection closes mid-body).
 //!
 //! HTTP/1.1 with keep-alive, any number of requests per connection (pipelined ones too);
 //! request bodies must carry `Content-Length` (the gateway and the load generators always
@@ -17,6 +20,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use clap::Parser;
@@ -41,6 +45,12 @@ struct Args {
     /// Runtime worker threads; 1 runs a single-threaded runtime.
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// Answer every Nth chat request with 503 (0: never).
+    #[arg(long, default_value_t = 0)]
+    fail_every: u64,
+    /// Cut every Nth stream after two chunks, closing the connection (0: never).
+    #[arg(long, default_value_t = 0)]
+    cut_every: u64,
 }
 
 /// Every byte the mock ever sends, rendered once.
@@ -52,16 +62,23 @@ struct Canned {
     /// `data: [DONE]` and the terminating zero-length chunk.
     stream_tail: Vec<u8>,
     health: Vec<u8>,
+    unavailable: Vec<u8>,
     not_found: Vec<u8>,
     bad_request: Vec<u8>,
     delay: Duration,
+    fail_every: u64,
+    cut_every: u64,
+    /// Chat requests and streams so far, for `--fail-every` and `--cut-every`.
+    requests: AtomicU64,
+    streams: AtomicU64,
 }
 
 const MODEL: &str = "mock-upstream";
 const CREATED: u64 = 1_700_000_000;
 
 impl Canned {
-    fn new(chunks: usize, delay: Duration) -> Canned {
+    fn new(args: &Args) -> Canned {
+        let (chunks, delay) = (args.chunks, Duration::from_millis(args.chunk_delay_ms));
         let completion_body = serde_json::json!({
             "id": "chatcmpl-bench0000000000000000000000",
             "object": "chat.completion",
@@ -136,6 +153,12 @@ impl Canned {
             stream_frames,
             stream_tail,
             health: response("200 OK", "application/json", br#"{"status":"ok"}"#, ""),
+            unavailable: response(
+                "503 Service Unavailable",
+                "application/json",
+                br#"{"error":{"message":"the mock is failing on purpose","type":"server_error","param":null,"code":"mock_failure"}}"#,
+                "",
+            ),
             not_found: response(
                 "404 Not Found",
                 "application/json",
@@ -149,7 +172,16 @@ impl Canned {
                 "connection: close\r\n",
             ),
             delay,
+            fail_every: args.fail_every,
+            cut_every: args.cut_every,
+            requests: AtomicU64::new(0),
+            streams: AtomicU64::new(0),
         }
+    }
+
+    /// Whether this is the Nth of `every` (0: never).
+    fn nth(counter: &AtomicU64, every: u64) -> bool {
+        every > 0 && (counter.fetch_add(1, Ordering::Relaxed) + 1).is_multiple_of(every)
     }
 }
 
@@ -172,10 +204,7 @@ fn chunk_frame(data: &[u8]) -> Vec<u8> {
 
 fn main() -> std::io::Result<()> {
     let args = Args::parse();
-    let canned = Arc::new(Canned::new(
-        args.chunks,
-        Duration::from_millis(args.chunk_delay_ms),
-    ));
+    let canned = Arc::new(Canned::new(&args));
     let runtime = if args.threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -189,8 +218,13 @@ fn main() -> std::io::Result<()> {
     runtime.block_on(async move {
         let listener = TcpListener::bind(args.listen).await?;
         eprintln!(
-            "bench-upstream: listening on {} (chunks {}, chunk delay {} ms, threads {})",
-            args.listen, args.chunks, args.chunk_delay_ms, args.threads
+            "bench-upstream: listening on {} (chunks {}, chunk delay {} ms, threads {}, fail every {}, cut every {})",
+            args.listen,
+            args.chunks,
+            args.chunk_delay_ms,
+            args.threads,
+            args.fail_every,
+            args.cut_every
         );
         loop {
             let (stream, _) = match listener.accept().await {
@@ -216,6 +250,7 @@ enum Answer {
     Completion,
     Stream,
     Health,
+    Unavailable,
     NotFound,
     BadRequest,
 }
@@ -244,8 +279,17 @@ async fn serve_connection(mut stream: TcpStream, canned: &Canned) -> std::io::Re
             }
             filled += n;
         };
+        let answer = match answer {
+            Answer::Completion | Answer::Stream
+                if Canned::nth(&canned.requests, canned.fail_every) =>
+            {
+                Answer::Unavailable
+            }
+            other => other,
+        };
         match answer {
             Answer::Completion => stream.write_all(&canned.completion).await?,
+            Answer::Unavailable => stream.write_all(&canned.unavailable).await?,
             Answer::Health => stream.write_all(&canned.health).await?,
             Answer::NotFound => stream.write_all(&canned.not_found).await?,
             Answer::BadRequest => {
@@ -254,7 +298,11 @@ async fn serve_connection(mut stream: TcpStream, canned: &Canned) -> std::io::Re
             }
             Answer::Stream => {
                 stream.write_all(&canned.stream_head).await?;
-                for frame in &canned.stream_frames {
+                let cut = Canned::nth(&canned.streams, canned.cut_every);
+                for (i, frame) in canned.stream_frames.iter().enumerate() {
+                    if cut && i == 2 {
+                        return Ok(()); // mid-body: no terminating chunk
+                    }
                     if !canned.delay.is_zero() {
                         tokio::time::sleep(canned.delay).await;
                     }
@@ -360,6 +408,14 @@ mod tests {
         let (answer, _, close) = parse_request(&two[used..]).expect("complete");
         assert!(matches!(answer, Answer::Health));
         assert!(close);
+    }
+
+    #[test]
+    fn every_nth_is_every_nth() {
+        let counter = AtomicU64::new(0);
+        let hits: Vec<bool> = (0..6).map(|_| Canned::nth(&counter, 3)).collect();
+        assert_eq!(hits, [false, false, true, false, false, true]);
+        assert!(!(0..5).any(|_| Canned::nth(&counter, 0)));
     }
 
     #[test]
