@@ -92,6 +92,16 @@ enum Phase {
     AfterHead { written: bool },
 }
 
+impl Phase {
+    fn head_from_now() -> Phase {
+        Phase::Head {
+            since: Instant::now(),
+            last: [0; 2],
+            begun: false,
+        }
+    }
+}
+
 /// A client connection whose request heads must arrive within `limit`.
 pub struct HeadDeadline {
     inner: Stream,
@@ -114,11 +124,7 @@ impl HeadDeadline {
         HeadDeadline {
             inner,
             limit,
-            phase: Phase::Head {
-                since: Instant::now(),
-                last: [0; 2],
-                begun: false,
-            },
+            phase: Phase::head_from_now(),
             timer: None,
         }
     }
@@ -131,11 +137,7 @@ impl HeadDeadline {
         // After a response began, the next bytes are the client's next request (sent
         // while the response is still going, when it pipelines).
         if self.phase == (Phase::AfterHead { written: true }) {
-            self.phase = Phase::Head {
-                since: Instant::now(),
-                last: [0; 2],
-                begun: false,
-            };
+            self.phase = Phase::head_from_now();
             self.timer = None;
         }
         if let Phase::Head { last, begun, .. } = &mut self.phase

@@ -564,71 +564,20 @@ async fn respond<S: AsyncRead + AsyncWrite + Unpin>(
                 content_type,
                 piece,
                 every,
-            } => {
-                let headers = vec![
-                    ("content-type".to_string(), content_type.to_string()),
-                    ("transfer-encoding".to_string(), "chunked".to_string()),
-                    state.mock_header(),
-                ];
-                if conn
-                    .write_all(&http1::response_head(200, &headers))
-                    .await
-                    .is_err()
-                {
-                    state.note_disconnect();
-                    return Outcome::PeerClosed;
-                }
-                loop {
-                    if conn.write_all(&http1::chunk(&piece)).await.is_err()
-                        || conn.pause_watching_peer(every).await == Peer::Closed
-                    {
-                        state.note_disconnect();
-                        return Outcome::PeerClosed;
-                    }
-                }
-            }
+            } => return write_endless(conn, state, content_type, &piece, every).await,
             Behavior::Enormous {
                 content_type,
                 prefix,
                 fill,
                 total,
-            } => {
-                let headers = vec![
-                    ("content-type".to_string(), content_type.to_string()),
-                    ("content-length".to_string(), total.to_string()),
-                    state.mock_header(),
-                ];
-                let mut head = http1::response_head(200, &headers);
-                head.extend_from_slice(&prefix);
-                if conn.write_all(&head).await.is_err() {
-                    state.note_disconnect();
-                    return Outcome::PeerClosed;
-                }
-                let block = vec![fill; 64 * 1024];
-                let mut left = total.saturating_sub(prefix.len());
-                while left > 0 {
-                    let n = left.min(block.len());
-                    if conn.write_all(&block[..n]).await.is_err() {
-                        state.note_disconnect();
-                        return Outcome::PeerClosed;
-                    }
-                    left -= n;
-                }
-                return Outcome::Answered;
-            }
+            } => return write_enormous(conn, state, content_type, &prefix, fill, total).await,
             Behavior::Truncated { declared, body } => {
-                let headers = vec![
-                    ("content-type".to_string(), "application/json".to_string()),
-                    ("content-length".to_string(), declared.to_string()),
-                    state.mock_header(),
-                ];
-                let mut bytes = http1::response_head(200, &headers);
+                let mut bytes = head_200(state, "application/json", "content-length", declared);
                 bytes.extend_from_slice(&body);
-                if conn.write_all(&bytes).await.is_err() {
-                    state.note_disconnect();
-                    return Outcome::PeerClosed;
-                }
-                return Outcome::Close;
+                return match send(conn, state, &bytes).await {
+                    Ok(()) => Outcome::Close,
+                    Err(closed) => closed,
+                };
             }
             Behavior::Json { status, body } => {
                 let headers = vec![("content-type".to_string(), "application/json".to_string())];
@@ -676,6 +625,84 @@ fn echo_chat(request: &RecordedRequest) -> Behavior {
         );
     }
     Behavior::json(200, openai::chat_completion_json(model, openai::ECHO_REPLY))
+}
+
+/// A 200 head of `content_type` framed by `framing` (`content-length` or
+/// `transfer-encoding`) set to `value`.
+fn head_200(state: &State, content_type: &str, framing: &str, value: impl ToString) -> Vec<u8> {
+    let headers = vec![
+        ("content-type".to_string(), content_type.to_string()),
+        (framing.to_string(), value.to_string()),
+        state.mock_header(),
+    ];
+    http1::response_head(200, &headers)
+}
+
+/// Writes `bytes`; a peer that hung up is noted, and is the outcome.
+async fn send<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut Conn<S>,
+    state: &State,
+    bytes: &[u8],
+) -> Result<(), Outcome> {
+    conn.write_all(bytes).await.map_err(|_| {
+        state.note_disconnect();
+        Outcome::PeerClosed
+    })
+}
+
+/// [`Behavior::Endless`]: a chunked 200 with `piece` every `every`, until the peer leaves.
+async fn write_endless<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut Conn<S>,
+    state: &State,
+    content_type: &str,
+    piece: &[u8],
+    every: Duration,
+) -> Outcome {
+    if let Err(closed) = send(
+        conn,
+        state,
+        &head_200(state, content_type, "transfer-encoding", "chunked"),
+    )
+    .await
+    {
+        return closed;
+    }
+    loop {
+        if let Err(closed) = send(conn, state, &http1::chunk(piece)).await {
+            return closed;
+        }
+        if conn.pause_watching_peer(every).await == Peer::Closed {
+            state.note_disconnect();
+            return Outcome::PeerClosed;
+        }
+    }
+}
+
+/// [`Behavior::Enormous`]: `total` bytes declared, `prefix` then `fill` bytes, as fast as
+/// the peer reads.
+async fn write_enormous<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut Conn<S>,
+    state: &State,
+    content_type: &str,
+    prefix: &[u8],
+    fill: u8,
+    total: usize,
+) -> Outcome {
+    let mut head = head_200(state, content_type, "content-length", total);
+    head.extend_from_slice(prefix);
+    if let Err(closed) = send(conn, state, &head).await {
+        return closed;
+    }
+    let block = vec![fill; 64 * 1024];
+    let mut left = total.saturating_sub(prefix.len());
+    while left > 0 {
+        let n = left.min(block.len());
+        if let Err(closed) = send(conn, state, &block[..n]).await {
+            return closed;
+        }
+        left -= n;
+    }
+    Outcome::Answered
 }
 
 /// A complete response with Content-Length.
