@@ -6,6 +6,7 @@
 //! written with one call: a tenth of the CPU of a JSON `tracing` layer per request.
 
 use std::cell::RefCell;
+use std::fs::File;
 use std::io::Write;
 use std::sync::OnceLock;
 
@@ -17,16 +18,13 @@ use crate::dispatch::{AttemptRecord, Outcome};
 use crate::handler::RequestCtx;
 
 /// Where access-log lines go; unset (tests, `--validate`): nowhere.
-static SINK: OnceLock<Sink> = OnceLock::new();
+static SINK: OnceLock<File> = OnceLock::new();
 
-pub enum Sink {
-    Stderr,
-    Stdout,
-    File(std::fs::File),
-}
-
-/// Sets where lines go (once, at start; later calls are ignored).
-pub fn set_sink(sink: Sink) {
+/// Sets where lines go (once, at start; later calls are ignored): a file, or a duplicate
+/// of the stderr or stdout descriptor. Lines are written to it directly, not through
+/// `std::io::Stderr`, whose lock the worker threads would contend for on every request;
+/// each line is one `write`, which the kernel does not interleave with others.
+pub fn set_sink(sink: File) {
     let _ = SINK.set(sink);
 }
 
@@ -136,12 +134,7 @@ pub fn write(session: &Session, e: Option<&Error>, ctx: &RequestCtx) {
         }
         buf.push(b'\n');
         // One write per line, so lines from several threads never interleave.
-        let written = match sink {
-            Sink::Stderr => std::io::stderr().write_all(buf),
-            Sink::Stdout => std::io::stdout().write_all(buf),
-            Sink::File(file) => (&*file).write_all(buf),
-        };
-        if let Err(e) = written {
+        if let Err(e) = (&*sink).write_all(buf) {
             tracing::debug!(error = %e, "Writing the access log failed");
         }
         if buf.capacity() > 64 * 1024 {

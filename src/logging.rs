@@ -8,8 +8,8 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{Layer, Registry};
 
-use crate::access_log::Sink;
 use crate::config::{LogDestination, LogFormat, LogSettings};
+use std::os::fd::AsFd;
 
 type BoxedLayer = Box<dyn Layer<Registry> + Send + Sync>;
 
@@ -44,17 +44,20 @@ pub fn init(settings: &LogSettings) -> Result<(), String> {
 
 /// Tells the access log where to write.
 fn set_access_sink(settings: &LogSettings) -> Result<(), String> {
+    let duplicate = |fd: std::os::fd::BorrowedFd<'_>, name: &str| {
+        fd.try_clone_to_owned()
+            .map(std::fs::File::from)
+            .map_err(|e| format!("log.access {name}: {e}"))
+    };
     let sink = match &settings.access {
         LogDestination::Off => return Ok(()),
-        LogDestination::Stderr => Sink::Stderr,
-        LogDestination::Stdout => Sink::Stdout,
-        LogDestination::File(path) => Sink::File(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(|e| format!("log.access {}: {e}", path.display()))?,
-        ),
+        LogDestination::Stderr => duplicate(std::io::stderr().as_fd(), "stderr")?,
+        LogDestination::Stdout => duplicate(std::io::stdout().as_fd(), "stdout")?,
+        LogDestination::File(path) => std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| format!("log.access {}: {e}", path.display()))?,
     };
     crate::access_log::set_sink(sink);
     Ok(())
