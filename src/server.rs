@@ -7,7 +7,9 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use pingora_core::apps::HttpServerOptions;
 use pingora_core::connectors::{ConnectorOptions, http::Connector};
+use pingora_core::listeners::ListenerConfig;
 use pingora_core::listeners::tls::TlsSettings;
+use pingora_core::protocols::l4::stream::L4BufferSettings;
 use pingora_core::server::Server;
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::services::background::background_service;
@@ -79,7 +81,14 @@ pub fn build(config: Config, source: ConfigSource, mode: StartMode) -> Result<Se
     );
     for l in &listeners {
         match &l.tls {
-            None => service.add_tcp(&l.address),
+            // Unbuffered reads: Pingora reads request heads and bodies into buffers of
+            // its own, so the 64 KiB read buffer it gives each connection by default only
+            // adds a copy and a page or two per open connection. TLS keeps it (record-
+            // sized reads).
+            None => service.add_listener(
+                ListenerConfig::tcp(l.address.as_str())
+                    .l4_buffer(L4BufferSettings::default().read(0)),
+            ),
             Some(tls) => {
                 let mut settings = TlsSettings::intermediate(&tls.cert_file, &tls.key_file)
                     .map_err(|e| format!("listener {}: TLS setup failed: {e}", l.address))?;
