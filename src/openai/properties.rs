@@ -56,6 +56,68 @@ fn chunk_payload() -> impl Strategy<Value = String> {
         })
 }
 
+/// The generated text of a chunk as a JSON parser reads it: the reference that
+/// `append_generated_text`'s scan must agree with. The scan appends in document order,
+/// and `serde_json` writes keys sorted, so this reads them in sorted order.
+fn generated_text_parsed(payload: &str) -> String {
+    let v: Value = serde_json::from_str(payload).unwrap();
+    let mut out = String::new();
+    for choice in v["choices"].as_array().into_iter().flatten() {
+        let d = &choice["delta"];
+        out.extend(d["content"].as_str());
+        out.extend(d["reasoning_content"].as_str());
+        for call in d["tool_calls"].as_array().into_iter().flatten() {
+            out.extend(call["function"]["arguments"].as_str());
+            out.extend(call["function"]["name"].as_str());
+        }
+        out.extend(choice["text"].as_str());
+    }
+    out
+}
+
+/// A stream chunk with generated text in any of its places, and strings elsewhere that
+/// look like those keys (which must not count).
+fn text_chunk() -> impl Strategy<Value = String> {
+    let text = "[a-zA-Z \u{e9}\u{4e2d}\"\\\\:{},\n]{0,24}";
+    (
+        text,
+        text,
+        text,
+        text,
+        0usize..5,
+        any::<bool>(),
+        any::<bool>(),
+    )
+        .prop_map(|(a, b, c, decoy, place, pretty, null_usage)| {
+            let decoy = format!("\"content\": \"{decoy}\", \"text\":");
+            let delta = match place {
+                0 => json!({"role": "assistant", "content": a}),
+                1 => json!({"content": a, "reasoning_content": b}),
+                2 => json!({"tool_calls": [{"index": 0, "id": decoy, "type": "function",
+                    "function": {"name": a, "arguments": b}}]}),
+                3 => json!({"content": null, "refusal": decoy, "tool_calls": [
+                    {"index": 0, "function": {"arguments": a}},
+                    {"index": 1, "function": {"name": b, "arguments": c}}]}),
+                _ => json!({}),
+            };
+            let mut choice = json!({"index": 0, "delta": delta, "finish_reason": null,
+                "logprobs": {"content": [{"token": decoy, "logprob": -0.5}]}});
+            if place == 4 {
+                choice["text"] = json!(a);
+            }
+            let mut v = json!({"id": decoy, "object": "chat.completion.chunk",
+                "model": "m", "choices": [choice]});
+            if null_usage {
+                v["usage"] = Value::Null;
+            }
+            if pretty {
+                serde_json::to_string_pretty(&v).unwrap()
+            } else {
+                v.to_string()
+            }
+        })
+}
+
 proptest! {
     #![proptest_config(ProptestConfig {
         cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(256),
@@ -79,6 +141,13 @@ proptest! {
             let found = Usage::find(p.as_bytes()).map(|u| u.prompt_tokens);
             prop_assert_eq!(found, v["usage"]["prompt_tokens"].as_u64());
         }
+    }
+
+    #[test]
+    fn generated_text_is_what_a_json_parser_reads(payload in text_chunk()) {
+        let mut text = String::new();
+        super::append_generated_text(payload.as_bytes(), &mut text);
+        prop_assert_eq!(text, generated_text_parsed(&payload));
     }
 
     #[test]

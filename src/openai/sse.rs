@@ -6,8 +6,10 @@
 //! chunks). [`Usage::find`] reads `usage` from a payload or a whole JSON body, touching
 //! JSON only when the text contains a usage object.
 
+use std::sync::LazyLock;
+
 use bytes::BytesMut;
-use memchr::memmem;
+use memchr::memmem::Finder;
 use serde::Deserialize;
 
 /// Token counts as reported by the upstream.
@@ -49,7 +51,8 @@ impl Usage {
         // Streams with `include_usage` carry `"usage":null` in every chunk: parse only
         // when the key holds an object. (A quote inside a JSON string is escaped, so
         // `"usage"` can only be a key.)
-        let has_object = memmem::find_iter(json, b"\"usage\"").any(|at| {
+        static USAGE_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usage\""));
+        let has_object = USAGE_KEY.find_iter(json).any(|at| {
             let mut after = json[at + 7..]
                 .iter()
                 .copied()
@@ -96,59 +99,74 @@ pub fn is_usage_only_chunk(payload: &[u8]) -> bool {
 
 /// Appends the text a stream chunk generated (content, reasoning, tool-call arguments,
 /// or a legacy completion's `text`) to `out`, to count what a cut-short stream produced.
+///
+/// Every event of every accounted stream passes here, and the text is needed only when
+/// a stream ends without usage, so the payload is not parsed as a document: one pass
+/// over its strings appends the string value of each key in [`TEXT_KEYS`]. (Strings are
+/// delimited exactly, escapes included, so a key is never mistaken inside a value.)
+/// Only an escaped value goes through the JSON parser, to unescape it.
 pub fn append_generated_text(payload: &[u8], out: &mut String) {
-    use std::borrow::Cow;
-    #[derive(Deserialize)]
-    struct Chunk<'a> {
-        #[serde(borrow, default)]
-        choices: Vec<Choice<'a>>,
-    }
-    #[derive(Deserialize)]
-    struct Choice<'a> {
-        #[serde(borrow, default)]
-        delta: Option<Delta<'a>>,
-        #[serde(borrow, default)]
-        text: Option<Cow<'a, str>>,
-    }
-    #[derive(Deserialize)]
-    struct Delta<'a> {
-        #[serde(borrow, default)]
-        content: Option<Cow<'a, str>>,
-        #[serde(borrow, default)]
-        reasoning_content: Option<Cow<'a, str>>,
-        #[serde(borrow, default)]
-        tool_calls: Vec<ToolCall<'a>>,
-    }
-    #[derive(Deserialize)]
-    struct ToolCall<'a> {
-        #[serde(borrow, default)]
-        function: Option<Function<'a>>,
-    }
-    #[derive(Deserialize)]
-    struct Function<'a> {
-        #[serde(borrow, default)]
-        name: Option<Cow<'a, str>>,
-        #[serde(borrow, default)]
-        arguments: Option<Cow<'a, str>>,
-    }
-    let Ok(chunk) = serde_json::from_slice::<Chunk<'_>>(payload) else {
-        return;
-    };
-    for choice in chunk.choices {
-        if let Some(t) = choice.text {
-            out.push_str(&t);
+    let mut at = 0;
+    while let Some(q) = memchr::memchr(b'"', &payload[at..]) {
+        let open = at + q;
+        let Some(close) = string_end(payload, open + 1) else {
+            return;
+        };
+        at = close + 1;
+        let after = skip_whitespace(payload, at);
+        if payload.get(after) != Some(&b':') || !TEXT_KEYS.contains(&&payload[open + 1..close]) {
+            continue; // a value, or a key whose value is not text
         }
-        let Some(d) = choice.delta else { continue };
-        for t in [d.content, d.reasoning_content].into_iter().flatten() {
-            out.push_str(&t);
+        let value = skip_whitespace(payload, after + 1);
+        if payload.get(value) != Some(&b'"') {
+            continue; // null, a number, an object or an array
         }
-        for call in d.tool_calls {
-            if let Some(f) = call.function {
-                for t in [f.name, f.arguments].into_iter().flatten() {
-                    out.push_str(&t);
-                }
-            }
+        let Some(value_close) = string_end(payload, value + 1) else {
+            return;
+        };
+        push_json_string(&payload[value..=value_close], out);
+        at = value_close + 1;
+    }
+}
+
+/// The keys of a stream chunk whose string values are generated text: a choice's `text`
+/// (legacy completions) and, in a choice's `delta`, `content`, `reasoning_content` and a
+/// tool call's `function.name` and `function.arguments`.
+const TEXT_KEYS: [&[u8]; 5] = [
+    b"content",
+    b"reasoning_content",
+    b"text",
+    b"name",
+    b"arguments",
+];
+
+/// The index of the quote that closes the JSON string whose contents start at `from`.
+fn string_end(json: &[u8], from: usize) -> Option<usize> {
+    let mut at = from;
+    loop {
+        let i = at + memchr::memchr2(b'"', b'\\', json.get(at..)?)?;
+        if json[i] == b'"' {
+            return Some(i);
         }
+        at = i + 2; // the escaped byte is never a delimiter
+    }
+}
+
+fn skip_whitespace(json: &[u8], from: usize) -> usize {
+    from + json.get(from..).map_or(0, |rest| {
+        rest.iter().take_while(|b| b.is_ascii_whitespace()).count()
+    })
+}
+
+/// Appends a JSON string literal (quotes included) unescaped; an invalid one adds nothing.
+fn push_json_string(literal: &[u8], out: &mut String) {
+    let inner = &literal[1..literal.len() - 1];
+    if memchr::memchr(b'\\', inner).is_none() {
+        if let Ok(text) = std::str::from_utf8(inner) {
+            out.push_str(text);
+        }
+    } else if let Ok(text) = serde_json::from_slice::<String>(literal) {
+        out.push_str(&text);
     }
 }
 
@@ -202,10 +220,13 @@ impl SseParser {
 
 /// Where the first event in `buf` ends, and the length of the blank-line separator.
 fn event_end(buf: &[u8]) -> Option<(usize, usize)> {
-    let lf = memmem::find(buf, b"\n\n").map(|i| (i, 2));
+    // Built once: building a searcher costs more than searching a typical event.
+    static LF: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\n\n"));
+    static CRLF: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\r\n\r\n"));
+    let lf = LF.find(buf).map(|i| (i, 2));
     // CRLF framing is rare; only search for it when a CR is present at all.
     let crlf = if memchr::memchr(b'\r', buf).is_some() {
-        memmem::find(buf, b"\r\n\r\n").map(|i| (i, 4))
+        CRLF.find(buf).map(|i| (i, 4))
     } else {
         None
     };
