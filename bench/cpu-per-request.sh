@@ -8,7 +8,10 @@
 #
 # Environment: CPR_PORT_BASE (default 29100: mock on +1, tollgate on +200),
 # CPR_STRACE=1 to count syscalls too (slows the run; its CPU figure is then not used),
-# CPR_PERF_RECORD=FILE to record a perf profile of tollgate during the run,
+# CPR_PERF_RECORD=FILE to record a perf profile of tollgate during the run (CPR_PERF_ARGS
+# adds perf record options, e.g. "--call-graph dwarf,8192" or "-e page-faults"),
+# CPR_PROXY=floor|nginx to measure bench-pingora-floor or nginx in tollgate's place,
+# CPR_WORK_STEALING=false for Pingora's per-thread runtimes,
 # CPR_EXTRA_YAML='log: {access: off}' to append top-level sections to the config,
 # TOLLGATE_BIN / UPSTREAM_BIN / CLIENT_BIN to pick binaries (default target/release).
 set -euo pipefail
@@ -24,6 +27,7 @@ REL="${CARGO_TARGET_DIR:-$ROOT/target}/release"
 TOLLGATE_BIN="${TOLLGATE_BIN:-$REL/tollgate}"
 UPSTREAM_BIN="${UPSTREAM_BIN:-$REL/bench-upstream}"
 CLIENT_BIN="${CLIENT_BIN:-$REL/bench-client}"
+FLOOR_BIN="${FLOOR_BIN:-$REL/bench-pingora-floor}"
 DIR="$(mktemp -d /tmp/cpr.XXXXXX)"
 CLK_TCK="$(getconf CLK_TCK)"
 PIDS=()
@@ -50,6 +54,7 @@ wait_port() {
 cat >"$DIR/tollgate.yaml" <<EOF
 server:
   threads: ${CPR_THREADS:-2}
+  work_stealing: ${CPR_WORK_STEALING:-true}
   grace_period_seconds: 1
   graceful_shutdown_timeout_seconds: 1
   pid_file: $DIR/tollgate.pid
@@ -75,7 +80,41 @@ EOF
 
 "$UPSTREAM_BIN" --listen "127.0.0.1:$MOCK_PORT" --chunks 20 >"$DIR/mock.log" 2>&1 &
 PIDS+=($!)
-RUST_LOG="${RUST_LOG:-info}" "$TOLLGATE_BIN" -c "$DIR/tollgate.yaml" >"$DIR/tollgate.out" 2>"$DIR/tollgate.log" &
+case "${CPR_PROXY:-tollgate}" in
+tollgate)
+    RUST_LOG="${RUST_LOG:-info}" "$TOLLGATE_BIN" -c "$DIR/tollgate.yaml" >"$DIR/tollgate.out" 2>"$DIR/tollgate.log" &
+    ;;
+floor)
+    "$FLOOR_BIN" --route "127.0.0.1:$TG_PORT=127.0.0.1:$MOCK_PORT" \
+        --threads "${CPR_THREADS:-2}" ${FLOOR_ARGS:-} >"$DIR/tollgate.out" 2>"$DIR/tollgate.log" &
+    ;;
+nginx)
+    mkdir -p "$DIR/nginx/logs" "$DIR/nginx/tmp"
+    cat >"$DIR/nginx/nginx.conf" <<EOF
+worker_processes ${CPR_THREADS:-2};
+pid nginx.pid;
+error_log logs/error.log warn;
+daemon off;
+events { worker_connections 4096; use epoll; }
+http {
+    access_log logs/access.log combined;
+    client_body_temp_path tmp;
+    proxy_temp_path tmp;
+    keepalive_requests 1000000;
+    client_max_body_size 16m;
+    tcp_nodelay on;
+    proxy_http_version 1.1;
+    proxy_set_header Connection "";
+    proxy_set_header Authorization "Bearer bench-upstream-key";
+    proxy_buffering off;
+    upstream mock { server 127.0.0.1:$MOCK_PORT; keepalive 256; keepalive_requests 1000000; }
+    server { listen 127.0.0.1:$TG_PORT; location / { proxy_pass http://mock; } }
+}
+EOF
+    nginx -p "$DIR/nginx" -c "$DIR/nginx/nginx.conf" 2>"$DIR/tollgate.log" &
+    ;;
+*) echo "CPR_PROXY is tollgate, floor or nginx" >&2; exit 2 ;;
+esac
 TG=$!
 PIDS+=("$TG")
 wait_port "$MOCK_PORT"
@@ -97,14 +136,16 @@ load() {
             "${stream_flag[@]}" --requests "$1" --concurrency "$CONC" --timeout-secs 100 >"$2"
     fi
 }
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$TG/stat"; }
-ctxsw() { awk '/ctxt_switches/ {s += $2} END {print s}' /proc/"$TG"/task/*/status; }
+# nginx's workers are children of its master: their CPU is summed with it.
+procs() { echo "$TG"; pgrep -P "$TG" || true; }
+cpu_ticks() { for p in $(procs); do awk '{print $14 + $15}' "/proc/$p/stat"; done | awk '{s += $1} END {print s}'; }
+ctxsw() { for p in $(procs); do cat /proc/"$p"/task/*/status; done | awk '/ctxt_switches/ {s += $2} END {print s}'; }
 
 load 2000 /dev/null # warm-up: connections, pools, allocator
 
 t0=$(cpu_ticks); c0=$(ctxsw); l0=$(wc -l <"$DIR/tollgate.log")
 if [ -n "${CPR_PERF_RECORD:-}" ]; then
-    perf record -F 1999 -p "$TG" -o "$CPR_PERF_RECORD" 2>/dev/null &
+    perf record ${CPR_PERF_ARGS:-} -F 1999 -p "$TG" -o "$CPR_PERF_RECORD" 2>/dev/null &
     PERF=$!
     sleep 0.5
 fi
@@ -119,12 +160,14 @@ if [ -n "${PERF:-}" ]; then kill -INT "$PERF"; wait "$PERF" || true; fi
 t1=$(cpu_ticks); c1=$(ctxsw); l1=$(wc -l <"$DIR/tollgate.log")
 sleep 0.3 # buffered access lines reach the log
 l1=$(wc -l <"$DIR/tollgate.log")
+# Only tollgate's log has a line per request; the others count the requests sent.
+[ "${CPR_PROXY:-tollgate}" = tollgate ] || l1=$l0
 python3 - "$t0" "$t1" "$c0" "$c1" "$REQUESTS" "$CLK_TCK" "$l0" "$l1" <<'PY'
 import sys
 t0, t1, c0, c1, n, tck, l0, l1 = map(int, sys.argv[1:])
 n = l1 - l0 if l1 > l0 else n  # access-log lines: the requests served, warm-up ones included
 print(f"requests {n}")
-print(f"tollgate CPU ms/request {(t1 - t0) * 1000 / tck / n:.4f}  context switches/request {(c1 - c0) / n:.2f}")
+print(f"proxy CPU ms/request {(t1 - t0) * 1000 / tck / n:.4f}  context switches/request {(c1 - c0) / n:.2f}")
 PY
 if [ -f "$DIR/strace.txt" ]; then
     n=$(( l1 > l0 ? l1 - l0 : REQUESTS ))

@@ -13,7 +13,10 @@ import shutil
 import sys
 from pathlib import Path
 
-TARGETS = ["direct", "nginx", "tollgate"]
+TARGETS = ["direct", "nginx", "pingora", "tollgate"]
+# The targets that are a proxy process of their own; `pingora` is bench-pingora-floor,
+# Pingora's proxy loop with nothing else: the framework's own floor.
+PROXIES = ["nginx", "pingora", "tollgate"]
 WORKLOADS = ["nonstream", "stream"]
 MODES = ["c1", "c16", "c64", "rate"]
 MODE_LABEL = {"c1": "c=1", "c16": "c=16", "c64": "c=64", "rate": "open loop"}
@@ -100,9 +103,9 @@ def build(raw):
                     cases.append(case)
     ttfb = {t: load(raw / f"{t}.stream.ttfb.json") for t in TARGETS}
     ttft = {t: load(raw / f"{t}.slow.ttft.json") for t in TARGETS}
-    hold = {t: load(raw / f"{t}.hold.json") for t in ["nginx", "tollgate"]}
+    hold = {t: load(raw / f"{t}.hold.json") for t in PROXIES}
     idle = {}
-    for t in ["nginx", "tollgate"]:
+    for t in PROXIES:
         for when in ["start", "after_load"]:
             d = load(raw / f"{t}.idle.{when}.json")
             if d:
@@ -123,7 +126,7 @@ def build(raw):
 def ttft_added(ttft):
     direct = (ttft.get("direct") or {}).get("ttft_ms")
     out = {}
-    for t in ["nginx", "tollgate"]:
+    for t in PROXIES:
         mine = (ttft.get(t) or {}).get("ttft_ms")
         if direct and mine:
             out[t] = {p: mine[p] - direct[p] for p in ["p50", "p90", "p99"]}
@@ -198,6 +201,36 @@ def budget(result):
                                       f"added {t['p99_ms'] - d['p99_ms']:+.3f} ms; p50 added "
                                       f"{t['p50_ms'] - d['p50_ms']:+.3f} ms"})
 
+    # Context, not a budget line: the same figures for Pingora's own proxy loop with
+    # nothing on it, which bounds from below what any gateway built on it can reach.
+    for workload in WORKLOADS:
+        t = find_case(result, "tollgate", workload, "c64")
+        p = find_case(result, "pingora", workload, "c64")
+        n = find_case(result, "nginx", workload, "c64")
+        if t and p and n and p["proxy_cpu_ms_per_req"] and n["proxy_cpu_ms_per_req"]:
+            checks.append({"check": f"(context) Pingora floor, {workload} at c=64",
+                           "status": "INFO",
+                           "figures": f"CPU/request {p['proxy_cpu_ms_per_req']:.4f} ms = "
+                                      f"{p['proxy_cpu_ms_per_req'] / n['proxy_cpu_ms_per_req']:.2f}× nginx; "
+                                      f"tollgate = {t['proxy_cpu_ms_per_req'] / p['proxy_cpu_ms_per_req']:.2f}× "
+                                      f"the floor (+{t['proxy_cpu_ms_per_req'] - p['proxy_cpu_ms_per_req']:.4f} ms); "
+                                      f"throughput {p['rps'] / n['rps']:.2f}× nginx"})
+    for workload in WORKLOADS:
+        p = find_case(result, "pingora", workload, "c16")
+        d = find_case(result, "direct", workload, "c16")
+        if p and d:
+            checks.append({"check": f"(context) Pingora floor, p99 {workload} at c=16",
+                           "status": "INFO",
+                           "figures": f"{p['p99_ms']:.3f} ms, added {p['p99_ms'] - d['p99_ms']:+.3f} ms over direct"})
+    floor_hold = result["hold_streams"].get("pingora")
+    if floor_hold and floor_hold.get("rss_during_max_mib") is not None:
+        during = max(floor_hold["rss_during_max_mib"], floor_hold.get("hwm_during_mib") or 0.0)
+        checks.append({"check": "(context) Pingora floor, open streams",
+                       "status": "INFO",
+                       "figures": f"{during:.1f} MiB peak with {floor_hold['held_open_at_release']:,}/"
+                                  f"{floor_hold['requested']:,} streams open (before "
+                                  f"{floor_hold['rss_before_mib']:.1f} MiB)"})
+
     added = result["ttft_added_ms"].get("tollgate")
     ttft = result["slow_ttft"]
     if added:
@@ -259,7 +292,9 @@ def markdown(result):
         f"open loop at {s.get('rate')} req/s. Streams: {s.get('chunks')} chunks + usage + [DONE]. "
         "Generator, proxy and mock share the same cores, so req/s and latency include "
         "contention; CPU ms/request (utime+stime from /proc over the run ÷ responses) is the "
-        "steady figure. nginx CPU and RSS are summed over master and workers.",
+        "steady figure. nginx CPU and RSS are summed over master and workers. `pingora` is "
+        "bench-pingora-floor: Pingora's own proxy loop with nothing on it (no body parsing, "
+        "policy, metrics or log), the floor of any gateway built on Pingora.",
         "",
         "## Budget",
         "",
@@ -322,7 +357,7 @@ def markdown(result):
         "| case | idle RSS at start MiB | idle after load MiB | streams open | RSS before MiB | RSS with streams open MiB | RSS after close MiB |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for t in ["nginx", "tollgate"]:
+    for t in PROXIES:
         idle = result["idle_rss_mib"].get(t, {})
         h = result["hold_streams"].get(t) or {}
         during = h.get("rss_during_max_mib")
@@ -338,7 +373,7 @@ def markdown(result):
 
 # --- chart --------------------------------------------------------------------------------
 
-COLORS = {"direct": "#9e9e9e", "nginx": "#2e7d32", "tollgate": "#1565c0"}
+COLORS = {"direct": "#9e9e9e", "nginx": "#2e7d32", "pingora": "#ef6c00", "tollgate": "#1565c0"}
 
 
 def chart(result, path):
@@ -356,13 +391,13 @@ def chart(result, path):
 
     # 1. Latency percentiles: a bar per target, p50 solid, p90 and p99 stacked lighter.
     ax = axes[0]
-    width = 0.27
+    width = 0.2
     for gi, (w, m) in enumerate(groups):
         for ti, t in enumerate(TARGETS):
             c = find_case(result, t, w, m)
             if not c or c["p50_ms"] is None:
                 continue
-            x = gi + (ti - 1) * width
+            x = gi + (ti - 1.5) * width
             ax.bar(x, c["p99_ms"], width, color=COLORS[t], alpha=0.3)
             ax.bar(x, c["p90_ms"], width, color=COLORS[t], alpha=0.55)
             ax.bar(x, c["p50_ms"], width, color=COLORS[t], alpha=1.0,
@@ -378,18 +413,18 @@ def chart(result, path):
     # 2. CPU per request of the proxy (and the mock for scale).
     ax = axes[1]
     for gi, (w, m) in enumerate(groups):
-        for ti, t in enumerate(["nginx", "tollgate"]):
+        for ti, t in enumerate(PROXIES):
             c = find_case(result, t, w, m)
             if not c or c["proxy_cpu_ms_per_req"] is None:
                 continue
-            x = gi + (ti - 0.5) * width
+            x = gi + (ti - 1) * width
             ax.bar(x, c["proxy_cpu_ms_per_req"] * 1000, width, color=COLORS[t],
                    label=t if gi == 0 else None)
             ax.text(x, c["proxy_cpu_ms_per_req"] * 1000, f"{c['proxy_cpu_ms_per_req'] * 1000:.0f}",
                     ha="center", va="bottom", fontsize=8)
         d = find_case(result, "direct", w, m)
         if d and d["mock_cpu_ms_per_req"] is not None:
-            ax.plot([gi - width, gi + width], [d["mock_cpu_ms_per_req"] * 1000] * 2, color="black",
+            ax.plot([gi - 1.5 * width, gi + 1.5 * width], [d["mock_cpu_ms_per_req"] * 1000] * 2, color="black",
                     linestyle=":", label="mock (direct)" if gi == 0 else None)
     ax.set_xticks(range(len(groups)))
     ax.set_xticklabels([f"{w}\n{MODE_LABEL[m]}" for w, m in groups])
@@ -406,7 +441,7 @@ def chart(result, path):
             c = find_case(result, t, w, m)
             if not c or c["rps"] is None:
                 continue
-            ax.bar(gi + (ti - 1) * width, c["rps"], width, color=COLORS[t],
+            ax.bar(gi + (ti - 1.5) * width, c["rps"], width, color=COLORS[t],
                    label=t if gi == 0 else None)
     ax.set_xticks(range(len(closed)))
     ax.set_xticklabels([f"{w}\n{MODE_LABEL[m]}" for w, m in closed])

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Tollgate's load harness: one command, three cases of the same workload side by side.
+# Tollgate's load harness: one command, four cases of the same workload side by side.
 #
 #   bench/run.sh            full run (~10 minutes), results in bench/results/
 #   bench/run.sh --smoke    quick check (~1-2 minutes), results in bench/results/tmp/
 #
 #   direct   : oha -> bench-upstream (the floor)
 #   nginx    : oha -> nginx (Debian, bench/nginx/nginx.conf) -> bench-upstream
+#   pingora  : oha -> bench-pingora-floor (Pingora's own proxy loop, nothing else) -> bench-upstream
 #   tollgate : oha -> tollgate (release, bench/conf/tollgate.yaml) -> bench-upstream
 #
 # Every process it starts is stopped on exit, every run is bounded in time and all
@@ -64,7 +65,8 @@ CHUNKS="${BENCH_CHUNKS:-20}"
 SLOW_DELAY_MS="${BENCH_SLOW_DELAY_MS:-20}"
 SKIP_SETUP="${BENCH_SKIP_SETUP:-0}"
 PORT_OFFSET="${BENCH_PORT_OFFSET:-0}"
-TARGETS=(direct nginx tollgate)
+TARGETS=(direct nginx pingora tollgate)
+PROXIES=(nginx pingora tollgate)   # the targets with a process of their own to measure
 WORKLOADS=(nonstream stream)
 
 # Pinned tool versions, so runs stay comparable.
@@ -79,10 +81,14 @@ MOCK_HOLD_PORT=$((19103 + PORT_OFFSET))   # 1 s per chunk: streams stay open (me
 NGINX_FAST_PORT=$((19201 + PORT_OFFSET))
 NGINX_SLOW_PORT=$((19202 + PORT_OFFSET))
 NGINX_HOLD_PORT=$((19203 + PORT_OFFSET))
+FLOOR_FAST_PORT=$((19251 + PORT_OFFSET))
+FLOOR_SLOW_PORT=$((19252 + PORT_OFFSET))
+FLOOR_HOLD_PORT=$((19253 + PORT_OFFSET))
 TOLLGATE_PORT=$((19300 + PORT_OFFSET))
 TOLLGATE_ADMIN_PORT=$((19301 + PORT_OFFSET))   # metrics
 ALL_PORTS=("$MOCK_FAST_PORT" "$MOCK_SLOW_PORT" "$MOCK_HOLD_PORT" "$NGINX_FAST_PORT"
-    "$NGINX_SLOW_PORT" "$NGINX_HOLD_PORT" "$TOLLGATE_PORT" "$TOLLGATE_ADMIN_PORT")
+    "$NGINX_SLOW_PORT" "$NGINX_HOLD_PORT" "$FLOOR_FAST_PORT" "$FLOOR_SLOW_PORT" "$FLOOR_HOLD_PORT"
+    "$TOLLGATE_PORT" "$TOLLGATE_ADMIN_PORT")
 CHAT_PATH=/v1/chat/completions
 
 TOOLS_DIR="$BENCH_DIR/.tools"
@@ -93,6 +99,7 @@ TARGET_DIR="$(cargo metadata --format-version 1 --no-deps 2>/dev/null |
 UPSTREAM_BIN="$TARGET_DIR/release/bench-upstream"
 CLIENT_BIN="$TARGET_DIR/release/bench-client"
 TOLLGATE_BIN="$TARGET_DIR/release/tollgate"
+FLOOR_BIN="$TARGET_DIR/release/bench-pingora-floor"
 
 STAMP="$(date -u +%Y%m%dT%H%M%SZ)"
 RUN_DIR="$BENCH_DIR/results/tmp/$STAMP"    # raw outputs and logs (git-ignored)
@@ -304,6 +311,18 @@ start_nginx() {
     wait_for_port "$NGINX_FAST_PORT" nginx
 }
 
+# Pingora's floor: one process, a listener per mock, as nginx has.
+start_floor() {
+    "$FLOOR_BIN" --threads 2 \
+        --route "127.0.0.1:$FLOOR_FAST_PORT=127.0.0.1:$MOCK_FAST_PORT" \
+        --route "127.0.0.1:$FLOOR_SLOW_PORT=127.0.0.1:$MOCK_SLOW_PORT" \
+        --route "127.0.0.1:$FLOOR_HOLD_PORT=127.0.0.1:$MOCK_HOLD_PORT" \
+        >"$RUN_DIR/logs/pingora.out" 2>"$RUN_DIR/logs/pingora.log" &
+    FLOOR_PID="$!"
+    STARTED_PIDS+=("$FLOOR_PID")
+    wait_for_port "$FLOOR_FAST_PORT" bench-pingora-floor
+}
+
 start_tollgate() {
     RUST_LOG=info "$TOLLGATE_BIN" -c "$RUN_DIR/tollgate.yaml" \
         >"$RUN_DIR/logs/tollgate.out" 2>"$RUN_DIR/logs/tollgate.log" &
@@ -323,6 +342,7 @@ proxy_pids() {
     case "$1" in
         direct) ;;
         nginx) nginx_pids ;;
+        pingora) echo "$FLOOR_PID" ;;
         tollgate) echo "$TOLLGATE_PID" ;;
     esac
 }
@@ -337,6 +357,9 @@ target_url() {
         nginx/fast) echo "http://127.0.0.1:$NGINX_FAST_PORT$CHAT_PATH" ;;
         nginx/slow) echo "http://127.0.0.1:$NGINX_SLOW_PORT$CHAT_PATH" ;;
         nginx/hold) echo "http://127.0.0.1:$NGINX_HOLD_PORT$CHAT_PATH" ;;
+        pingora/fast) echo "http://127.0.0.1:$FLOOR_FAST_PORT$CHAT_PATH" ;;
+        pingora/slow) echo "http://127.0.0.1:$FLOOR_SLOW_PORT$CHAT_PATH" ;;
+        pingora/hold) echo "http://127.0.0.1:$FLOOR_HOLD_PORT$CHAT_PATH" ;;
         tollgate/*) echo "http://127.0.0.1:$TOLLGATE_PORT$CHAT_PATH" ;;
     esac
 }
@@ -447,7 +470,7 @@ run_hold_case() {
 idle_rss() {
     local label="$1"
     local t pids
-    for t in nginx tollgate; do
+    for t in "${PROXIES[@]}"; do
         mapfile -t pids < <(proxy_pids "$t")
         echo "{\"target\": \"$t\", \"when\": \"$label\", \"rss_kb\": $(status_kb VmRSS: "${pids[@]}")}" \
             >"$RUN_DIR/raw/$t.idle.$label.json"
@@ -493,12 +516,13 @@ main() {
     done
 
     render_configs
-    say "starting mocks, nginx and tollgate (run directory $RUN_DIR)"
+    say "starting mocks, nginx, the Pingora floor and tollgate (run directory $RUN_DIR)"
     start_mock mock-fast "$MOCK_FAST_PORT" --chunks "$CHUNKS"
     MOCK_FAST_PID="$MOCK_PID"
     start_mock mock-slow "$MOCK_SLOW_PORT" --chunks 2 --chunk-delay-ms "$SLOW_DELAY_MS"
     start_mock mock-hold "$MOCK_HOLD_PORT" --chunks 120 --chunk-delay-ms 1000
     start_nginx
+    start_floor
     start_tollgate
     sleep 1
     machine_json
@@ -515,7 +539,7 @@ main() {
     for target in "${TARGETS[@]}"; do run_ttfb_case "$target"; done
     for target in "${TARGETS[@]}"; do run_ttft_case "$target"; done
     idle_rss after_load
-    for target in nginx tollgate; do run_hold_case "$target"; done
+    for target in "${PROXIES[@]}"; do run_hold_case "$target"; done
 
     local out_dir="$BENCH_DIR/results" commit
     [ "$SMOKE" -eq 1 ] && out_dir="$BENCH_DIR/results/tmp"
