@@ -77,6 +77,60 @@ async fn usage_is_asked_for_and_kept_from_a_client_that_did_not_ask() {
     );
 }
 
+/// Events cut across chunks arrive whole, and the usage-only event is held back even when
+/// it is split, shares a chunk with others, or follows `"usage": null` chunks.
+#[tokio::test]
+async fn the_usage_event_is_held_back_however_the_upstream_cuts_the_stream() {
+    let chunk = |text: &str| {
+        format!(
+            r#"{{"id":"c","object":"chat.completion.chunk","choices":[{{"index":0,"delta":{{"content":"{text}"}}}}],"usage":null}}"#
+        )
+    };
+    let usage = r#"{"id":"c","object":"chat.completion.chunk","choices":[],"usage":{"prompt_tokens":7,"completion_tokens":4,"total_tokens":11}}"#;
+    let (b, c) = (chunk("B"), chunk("C"));
+    let pieces = vec![
+        // A whole event: passed on untouched.
+        format!("data: {}\n\n", chunk("A")),
+        // An event cut in the middle, ...
+        format!("data: {}", &b[..20]),
+        // ... completed here, beside a whole one and the start of the usage event.
+        format!("{}\n\ndata: {c}\n\ndata: {}", &b[20..], &usage[..30]),
+        format!("{}\n\n", &usage[30..]),
+        format!("data: {}\n\n", chunk("D")),
+    ];
+    let upstream = MockUpstream::start(Behavior::sse(pieces, std::time::Duration::from_millis(30)));
+    let gw = gateway(&upstream);
+    let body = json!({"model": "gpt-4o", "stream": true,
+        "messages": [{"role": "user", "content": "hi"}]});
+    let text = stream(&gw, body).await;
+
+    let events = parse_sse_data(&text);
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "{text}");
+    assert_eq!(sse_content(&text), "ABCD", "{text}");
+    for e in &events[..events.len() - 1] {
+        let v: Value = serde_json::from_str(e).unwrap_or_else(|_| panic!("{e} in {text}"));
+        assert!(v["usage"].is_null(), "usage leaked: {e}");
+    }
+    assert_eq!(events.len(), 5, "{text}");
+    // Events keep the upstream's framing.
+    assert!(
+        text.starts_with(&format!("data: {}\n\n", chunk("A"))),
+        "{text}"
+    );
+    let logged = |l: &str| l.contains("\"route\":\"chat_completions\"");
+    assert!(
+        eventually(std::time::Duration::from_secs(5), || gw
+            .logs()
+            .lines()
+            .any(logged))
+        .await
+    );
+    let logs = gw.logs();
+    let line = logs.lines().rfind(|l| logged(l)).unwrap();
+    assert!(line.contains("\"prompt_tokens\":7,"), "{line}");
+    assert!(line.contains("\"completion_tokens\":4,"), "{line}");
+}
+
 #[tokio::test]
 async fn a_client_that_asked_for_usage_gets_it_unchanged() {
     let upstream = MockUpstream::start(Behavior::EchoChat);
