@@ -146,6 +146,16 @@ def check(name, ok, figures):
     return {"check": name, "status": "PASS" if ok else "MISS", "figures": figures}
 
 
+def info(name, figures):
+    """A context line: figures beside the budget, not checked against it."""
+    return {"check": f"(context) {name}", "status": "INFO", "figures": figures}
+
+
+def peak_mib(hold):
+    """Peak RSS while the streams were held: the sampled maximum or the kernel's HWM."""
+    return max(hold["rss_during_max_mib"], hold.get("hwm_during_mib") or 0.0)
+
+
 def budget(result):
     checks = []
     # CPU per request, at the c=64 closed loop (the steadiest, most loaded case) and the
@@ -195,11 +205,11 @@ def budget(result):
         t = find_case(result, "tollgate", workload, "rate")
         d = find_case(result, "direct", workload, "rate")
         if t and d:
-            checks.append({"check": f"(context) p99 {workload}, open loop: tollgate vs direct",
-                           "status": "INFO",
-                           "figures": f"tollgate {t['p99_ms']:.3f} ms, direct {d['p99_ms']:.3f} ms, "
-                                      f"added {t['p99_ms'] - d['p99_ms']:+.3f} ms; p50 added "
-                                      f"{t['p50_ms'] - d['p50_ms']:+.3f} ms"})
+            checks.append(info(
+                f"p99 {workload}, open loop: tollgate vs direct",
+                f"tollgate {t['p99_ms']:.3f} ms, direct {d['p99_ms']:.3f} ms, "
+                f"added {t['p99_ms'] - d['p99_ms']:+.3f} ms; p50 added "
+                f"{t['p50_ms'] - d['p50_ms']:+.3f} ms"))
 
     # Context, not a budget line: the same figures for Pingora's own proxy loop with
     # nothing on it, which bounds from below what any gateway built on it can reach.
@@ -208,28 +218,25 @@ def budget(result):
         p = find_case(result, "pingora", workload, "c64")
         n = find_case(result, "nginx", workload, "c64")
         if t and p and n and p["proxy_cpu_ms_per_req"] and n["proxy_cpu_ms_per_req"]:
-            checks.append({"check": f"(context) Pingora floor, {workload} at c=64",
-                           "status": "INFO",
-                           "figures": f"CPU/request {p['proxy_cpu_ms_per_req']:.4f} ms = "
-                                      f"{p['proxy_cpu_ms_per_req'] / n['proxy_cpu_ms_per_req']:.2f}× nginx; "
-                                      f"tollgate = {t['proxy_cpu_ms_per_req'] / p['proxy_cpu_ms_per_req']:.2f}× "
-                                      f"the floor (+{t['proxy_cpu_ms_per_req'] - p['proxy_cpu_ms_per_req']:.4f} ms); "
-                                      f"throughput {p['rps'] / n['rps']:.2f}× nginx"})
+            floor, mine = p["proxy_cpu_ms_per_req"], t["proxy_cpu_ms_per_req"]
+            checks.append(info(
+                f"Pingora floor, {workload} at c=64",
+                f"CPU/request {floor:.4f} ms = {floor / n['proxy_cpu_ms_per_req']:.2f}× nginx; "
+                f"tollgate = {mine / floor:.2f}× the floor (+{mine - floor:.4f} ms); "
+                f"throughput {p['rps'] / n['rps']:.2f}× nginx"))
     for workload in WORKLOADS:
         p = find_case(result, "pingora", workload, "c16")
         d = find_case(result, "direct", workload, "c16")
         if p and d:
-            checks.append({"check": f"(context) Pingora floor, p99 {workload} at c=16",
-                           "status": "INFO",
-                           "figures": f"{p['p99_ms']:.3f} ms, added {p['p99_ms'] - d['p99_ms']:+.3f} ms over direct"})
+            checks.append(info(
+                f"Pingora floor, p99 {workload} at c=16",
+                f"{p['p99_ms']:.3f} ms, added {p['p99_ms'] - d['p99_ms']:+.3f} ms over direct"))
     floor_hold = result["hold_streams"].get("pingora")
     if floor_hold and floor_hold.get("rss_during_max_mib") is not None:
-        during = max(floor_hold["rss_during_max_mib"], floor_hold.get("hwm_during_mib") or 0.0)
-        checks.append({"check": "(context) Pingora floor, open streams",
-                       "status": "INFO",
-                       "figures": f"{during:.1f} MiB peak with {floor_hold['held_open_at_release']:,}/"
-                                  f"{floor_hold['requested']:,} streams open (before "
-                                  f"{floor_hold['rss_before_mib']:.1f} MiB)"})
+        checks.append(info(
+            "Pingora floor, open streams",
+            f"{peak_mib(floor_hold):.1f} MiB peak with {floor_hold['held_open_at_release']:,}/"
+            f"{floor_hold['requested']:,} streams open (before {floor_hold['rss_before_mib']:.1f} MiB)"))
 
     added = result["ttft_added_ms"].get("tollgate")
     ttft = result["slow_ttft"]
@@ -255,7 +262,7 @@ def budget(result):
 
     hold = result["hold_streams"].get("tollgate")
     if hold and hold.get("rss_during_max_mib") is not None:
-        during = max(hold["rss_during_max_mib"], hold.get("hwm_during_mib") or 0.0)
+        during = peak_mib(hold)
         held = hold["held_open_at_release"]
         full = held >= hold["requested"]
         checks.append(check(
@@ -360,9 +367,7 @@ def markdown(result):
     for t in PROXIES:
         idle = result["idle_rss_mib"].get(t, {})
         h = result["hold_streams"].get(t) or {}
-        during = h.get("rss_during_max_mib")
-        if during is not None and h.get("hwm_during_mib"):
-            during = max(during, h["hwm_during_mib"])
+        during = peak_mib(h) if h.get("rss_during_max_mib") is not None else None
         opened = f"{h['held_open_at_release']:,}/{h['requested']:,}" if h else "–"
         lines.append(
             f"| {t} | {fmt(idle.get('start'), 1)} | {fmt(idle.get('after_load'), 1)} | {opened} | "

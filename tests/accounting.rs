@@ -29,6 +29,23 @@ async fn stream(gw: &Gateway, body: Value) -> String {
         .unwrap()
 }
 
+/// The access-log line of the (last) chat completion, once written (it follows the
+/// response).
+async fn access_line(gw: &Gateway) -> String {
+    let logged = |l: &str| l.contains("\"route\":\"chat_completions\"");
+    assert!(
+        eventually(std::time::Duration::from_secs(5), || gw
+            .logs()
+            .lines()
+            .any(logged))
+        .await,
+        "{}",
+        gw.logs()
+    );
+    let logs = gw.logs();
+    logs.lines().rfind(|l| logged(l)).unwrap().to_owned()
+}
+
 #[tokio::test]
 async fn usage_is_asked_for_and_kept_from_a_client_that_did_not_ask() {
     let upstream = MockUpstream::start(Behavior::EchoChat);
@@ -55,18 +72,7 @@ async fn usage_is_asked_for_and_kept_from_a_client_that_did_not_ask() {
     }
     // The gateway recorded the upstream's usage (the log line follows the response).
     let (prompt, completion) = ECHO_USAGE;
-    let logged = |l: &str| l.contains("\"route\":\"chat_completions\"");
-    assert!(
-        eventually(std::time::Duration::from_secs(5), || gw
-            .logs()
-            .lines()
-            .any(logged))
-        .await,
-        "{}",
-        gw.logs()
-    );
-    let logs = gw.logs();
-    let line = logs.lines().rfind(|l| logged(l)).unwrap();
+    let line = access_line(&gw).await;
     assert!(
         line.contains(&format!("\"prompt_tokens\":{prompt},")),
         "{line}"
@@ -117,16 +123,7 @@ async fn the_usage_event_is_held_back_however_the_upstream_cuts_the_stream() {
         text.starts_with(&format!("data: {}\n\n", chunk("A"))),
         "{text}"
     );
-    let logged = |l: &str| l.contains("\"route\":\"chat_completions\"");
-    assert!(
-        eventually(std::time::Duration::from_secs(5), || gw
-            .logs()
-            .lines()
-            .any(logged))
-        .await
-    );
-    let logs = gw.logs();
-    let line = logs.lines().rfind(|l| logged(l)).unwrap();
+    let line = access_line(&gw).await;
     assert!(line.contains("\"prompt_tokens\":7,"), "{line}");
     assert!(line.contains("\"completion_tokens\":4,"), "{line}");
 }
@@ -175,16 +172,7 @@ async fn a_stream_cut_short_is_charged_what_was_streamed_counted_by_the_gateway(
     // Charged: the streamed text counted with o200k ("Hello world, this is cut short"
     // is 7 tokens), the prompt counted exactly (3 per message + "user" 1 + "Hello
     // world" 2 + 3 for the reply = 9), marked estimated.
-    let logged = |l: &str| l.contains("\"route\":\"chat_completions\"");
-    assert!(
-        eventually(std::time::Duration::from_secs(5), || gw
-            .logs()
-            .lines()
-            .any(logged))
-        .await
-    );
-    let logs = gw.logs();
-    let line = logs.lines().rfind(|l| logged(l)).unwrap();
+    let line = access_line(&gw).await;
     assert!(line.contains("\"usage_estimated\":true"), "{line}");
     assert!(line.contains("\"completion_tokens\":7,"), "{line}");
     assert!(line.contains("\"prompt_tokens\":9,"), "{line}");
