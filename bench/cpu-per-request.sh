@@ -42,6 +42,13 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# Tools beyond the build: nginx comes with bench/run.sh's setup (or apt-get install
+# nginx-light), strace and perf with apt-get install strace linux-perf.
+need() { command -v "$1" >/dev/null 2>&1 || { echo "$1 is not installed: $2" >&2; exit 2; }; }
+[ "${CPR_PROXY:-tollgate}" != nginx ] || need nginx "apt-get install nginx-light (bench/run.sh installs it)"
+[ "${CPR_STRACE:-0}" != 1 ] || need strace "apt-get install strace"
+[ -z "${CPR_PERF_RECORD:-}" ] || need perf "apt-get install linux-perf"
+
 wait_port() {
     for _ in $(seq 100); do
         (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
