@@ -145,12 +145,13 @@ load() {
 }
 # nginx's workers are children of its master: their CPU is summed with it.
 procs() { echo "$TG"; pgrep -P "$TG" || true; }
-cpu_ticks() { for p in $(procs); do awk '{print $14 + $15}' "/proc/$p/stat"; done | awk '{s += $1} END {print s}'; }
+# User and system clock ticks, summed over the processes.
+cpu_ticks() { for p in $(procs); do awk '{print $14, $15}' "/proc/$p/stat"; done | awk '{u += $1; s += $2} END {print u, s}'; }
 ctxsw() { for p in $(procs); do cat /proc/"$p"/task/*/status; done | awk '/ctxt_switches/ {s += $2} END {print s}'; }
 
 load 2000 /dev/null # warm-up: connections, pools, allocator
 
-t0=$(cpu_ticks); c0=$(ctxsw); l0=$(wc -l <"$DIR/tollgate.log")
+read -r u0 s0 < <(cpu_ticks); c0=$(ctxsw); l0=$(wc -l <"$DIR/tollgate.log")
 if [ -n "${CPR_PERF_RECORD:-}" ]; then
     perf record ${CPR_PERF_ARGS:-} -F 1999 -p "$TG" -o "$CPR_PERF_RECORD" 2>/dev/null &
     PERF=$!
@@ -164,17 +165,18 @@ fi
 load "$REQUESTS" "$DIR/client.json"
 if [ -n "${STRACE:-}" ]; then kill -INT "$STRACE"; wait "$STRACE" || true; fi
 if [ -n "${PERF:-}" ]; then kill -INT "$PERF"; wait "$PERF" || true; fi
-t1=$(cpu_ticks); c1=$(ctxsw); l1=$(wc -l <"$DIR/tollgate.log")
+read -r u1 s1 < <(cpu_ticks); c1=$(ctxsw); l1=$(wc -l <"$DIR/tollgate.log")
 sleep 0.3 # buffered access lines reach the log
 l1=$(wc -l <"$DIR/tollgate.log")
 # Only tollgate's log has a line per request; the others count the requests sent.
 [ "${CPR_PROXY:-tollgate}" = tollgate ] || l1=$l0
-python3 - "$t0" "$t1" "$c0" "$c1" "$REQUESTS" "$CLK_TCK" "$l0" "$l1" <<'PY'
+python3 - "$u0" "$s0" "$u1" "$s1" "$c0" "$c1" "$REQUESTS" "$CLK_TCK" "$l0" "$l1" <<'PY'
 import sys
-t0, t1, c0, c1, n, tck, l0, l1 = map(int, sys.argv[1:])
+u0, s0, u1, s1, c0, c1, n, tck, l0, l1 = map(int, sys.argv[1:])
 n = l1 - l0 if l1 > l0 else n  # access-log lines: the requests served, warm-up ones included
 print(f"requests {n}")
-print(f"proxy CPU ms/request {(t1 - t0) * 1000 / tck / n:.4f}  context switches/request {(c1 - c0) / n:.2f}")
+ms = lambda ticks: ticks * 1000 / tck / n
+print(f"proxy CPU ms/request {ms(u1 - u0 + s1 - s0):.4f} (user {ms(u1 - u0):.4f}, system {ms(s1 - s0):.4f})  context switches/request {(c1 - c0) / n:.2f}")
 PY
 if [ -f "$DIR/strace.txt" ]; then
     n=$(( l1 > l0 ? l1 - l0 : REQUESTS ))
