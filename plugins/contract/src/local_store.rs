@@ -11,7 +11,6 @@
 //! touched, and by a sweep of the whole map at most every [`SWEEP_EVERY_MS`], so memory
 //! stays bounded by the counters of live windows.
 
-use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -20,6 +19,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 
 use crate::store::{Acquire, Acquired, Adjust, Release, Store, StoreError};
+
+/// Counter names are hashed on every request: with foldhash (seeded per process), a
+/// fraction of the default SipHash's cost.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// How often, at most, the whole map is swept of expired counters and leases.
 pub const SWEEP_EVERY_MS: u64 = 10_000;
@@ -214,8 +217,8 @@ impl State {
 
     fn acquire(&mut self, items: &[Acquire], now: u64) -> Acquired {
         // Check everything first, writing nothing: what this call itself adds is counted
-        // too, in case two items name the same counter.
-        let mut pending: HashMap<&str, u64> = HashMap::new();
+        // too, in case two items name the same counter (a request has a handful).
+        let mut pending: Vec<(&str, u64)> = Vec::with_capacity(items.len());
         for (index, item) in items.iter().enumerate() {
             let (current, add) = match &item.lease {
                 Some(lease) => {
@@ -227,27 +230,39 @@ impl State {
                 }
                 None => (self.count(&item.key, now), item.amount),
             };
-            let already = pending.get(item.key.as_str()).copied().unwrap_or(0);
+            let earlier = pending.iter_mut().find(|(key, _)| *key == item.key);
+            let already = earlier.as_ref().map_or(0, |(_, added)| *added);
             let after = current.saturating_add(already).saturating_add(add);
             if after > item.limit {
                 return Acquired::Refused { index, current };
             }
-            pending.insert(&item.key, already.saturating_add(add));
+            match earlier {
+                Some((_, added)) => *added = added.saturating_add(add),
+                None => pending.push((&item.key, add)),
+            }
         }
         // Everything fits: charge.
         let values = items
             .iter()
             .map(|item| match &item.lease {
                 Some(lease) => {
-                    let holders = self.leases.entry(item.key.clone()).or_default();
-                    holders.insert(lease.id.clone(), now.saturating_add(lease.ttl_ms));
+                    let ends = now.saturating_add(lease.ttl_ms);
+                    let holders = match self.leases.get_mut(&item.key) {
+                        Some(holders) => holders,
+                        None => self.leases.entry(item.key.clone()).or_default(),
+                    };
+                    holders.insert(lease.id.clone(), ends);
                     holders.len() as u64
                 }
                 None => {
-                    let count = self.counts.entry(item.key.clone()).or_insert(Count {
-                        value: 0,
-                        expires_at_ms: item.expires_at_ms,
-                    });
+                    // The check above dropped an expired counter, so one found is live.
+                    let count = match self.counts.get_mut(&item.key) {
+                        Some(count) => count,
+                        None => self.counts.entry(item.key.clone()).or_insert(Count {
+                            value: 0,
+                            expires_at_ms: item.expires_at_ms,
+                        }),
+                    };
                     count.value = count.value.saturating_add(item.amount);
                     count.value
                 }

@@ -291,7 +291,9 @@ impl Inner {
         let runtime = self.runtime.get().map(|r| r.current());
         let mut scoped: Vec<(Scope, &Limits, String)> = Vec::new();
         let scope_name = |kind: &str, id: &str| {
-            let mut name = String::from(kind);
+            // One allocation for most names (ids longer than 48 bytes are hashed).
+            let mut name = String::with_capacity(64);
+            name.push_str(kind);
             push_part(&mut name, id);
             name
         };
@@ -375,7 +377,7 @@ impl Inner {
             if let Some(limit) = limits.tpm {
                 plan.push(
                     Acquire {
-                        key: format!("tg:tpm:{name}:{}", minute.label),
+                        key: ["tg:tpm", name, &minute.label].join(":"),
                         amount: reservation.tokens(),
                         limit,
                         expires_at_ms: minute_expiry,
@@ -388,7 +390,7 @@ impl Inner {
             if let Some(limit) = limits.rpm {
                 plan.push(
                     Acquire {
-                        key: format!("tg:rpm:{name}:{}", minute.label),
+                        key: ["tg:rpm", name, &minute.label].join(":"),
                         amount: 1,
                         limit,
                         expires_at_ms: minute_expiry,
@@ -401,7 +403,7 @@ impl Inner {
             if let Some(limit) = limits.concurrency {
                 plan.push(
                     Acquire {
-                        key: format!("tg:conc:{name}"),
+                        key: ["tg:conc", name].join(":"),
                         amount: 1,
                         limit,
                         expires_at_ms: None,
@@ -571,10 +573,10 @@ impl Plan {
     ) {
         let span: Span = window::calendar(b.window, now);
         let (unit_name, amount) = match b.unit {
-            Unit::Tokens => ("tok", r.tokens()),
-            Unit::MicroUsd => ("usd", r.micro_usd),
+            Unit::Tokens => ("tg:tok", r.tokens()),
+            Unit::MicroUsd => ("tg:usd", r.micro_usd),
         };
-        let mut key = format!("tg:{unit_name}:{}:{scope_name}", b.window.name());
+        let mut key = [unit_name, b.window.name(), scope_name].join(":");
         if let Some(model) = &b.model {
             key.push_str(":for");
             push_part(&mut key, model);

@@ -33,7 +33,8 @@ pub(crate) fn minute(now_ms: u64) -> Span {
     }
 }
 
-/// The calendar window of `window` around `now_ms`.
+/// The calendar window of `window` around `now_ms`. (Labels are formatted from the date's
+/// numbers: a `strftime` pattern is parsed anew on every call, on every request.)
 pub(crate) fn calendar(window: Window, now_ms: u64) -> Span {
     let now = DateTime::<Utc>::from_timestamp_millis(i64::try_from(now_ms).unwrap_or(i64::MAX))
         .unwrap_or(DateTime::<Utc>::MAX_UTC);
@@ -49,16 +50,22 @@ pub(crate) fn calendar(window: Window, now_ms: u64) -> Span {
                 .with_minute(0)
                 .and_then(|t| t.with_second(0))
                 .and_then(|t| t.with_nanosecond(0));
-            let label = now.format("%Y%m%d%H").to_string();
+            let label = format!(
+                "{:04}{:02}{:02}{:02}",
+                now.year(),
+                now.month(),
+                now.day(),
+                now.hour()
+            );
             (label, start.map(|s| s + chrono::TimeDelta::hours(1)))
         }
         Window::Day => {
-            let label = now.format("%Y%m%d").to_string();
+            let label = format!("{:04}{:02}{:02}", now.year(), now.month(), now.day());
             let next = now.date_naive().succ_opt();
             (label, next.and_then(midnight))
         }
         Window::Month => {
-            let label = now.format("%Y%m").to_string();
+            let label = format!("{:04}{:02}", now.year(), now.month());
             let next = NaiveDate::from_ymd_opt(now.year(), now.month(), 1)
                 .and_then(|first| first.checked_add_months(Months::new(1)));
             (label, next.and_then(midnight))
@@ -119,29 +126,35 @@ pub(crate) fn push_part(name: &mut String, id: &str) {
 /// A Go-style duration (`12ms`, `1.5s`, `6m0s`, `1h2m3s`), as OpenAI's `x-ratelimit-reset-*`
 /// headers write them.
 pub(crate) fn go_duration(ms: u64) -> String {
+    use std::fmt::Write;
     if ms == 0 {
         return "0s".to_owned();
     }
     if ms < 1000 {
         return format!("{ms}ms");
     }
+    // Written into one string: two of these go out with every rate-limited request.
+    let mut out = String::with_capacity(16);
     let hours = ms / HOUR_MS;
     let minutes = (ms % HOUR_MS) / MINUTE_MS;
     let rest = ms % MINUTE_MS;
-    let mut seconds = (rest / 1000).to_string();
+    if hours > 0 {
+        let _ = write!(out, "{hours}h");
+    }
+    if hours > 0 || minutes > 0 {
+        let _ = write!(out, "{minutes}m");
+    }
+    let _ = write!(out, "{}", rest / 1000);
     let frac = rest % 1000;
     if frac > 0 {
-        let digits = format!("{frac:03}");
-        seconds.push('.');
-        seconds.push_str(digits.trim_end_matches('0'));
+        // At least one digit is not 0, so trimming stops before the point.
+        let _ = write!(out, ".{frac:03}");
+        while out.ends_with('0') {
+            out.pop();
+        }
     }
-    if hours > 0 {
-        format!("{hours}h{minutes}m{seconds}s")
-    } else if minutes > 0 {
-        format!("{minutes}m{seconds}s")
-    } else {
-        format!("{seconds}s")
-    }
+    out.push('s');
+    out
 }
 
 #[cfg(test)]
@@ -163,6 +176,8 @@ mod tests {
         assert_eq!(go_duration(59_990), "59.99s");
         assert_eq!(go_duration(360_000), "6m0s");
         assert_eq!(go_duration(3_723_500), "1h2m3.5s");
+        assert_eq!(go_duration(3_600_000), "1h0m0s");
+        assert_eq!(go_duration(3_600_010), "1h0m0.01s");
     }
 
     #[test]
