@@ -31,13 +31,13 @@ pub fn set_sink(sink: File) {
 /// One access-log line.
 #[derive(Serialize)]
 struct Line<'a> {
-    timestamp: String,
+    timestamp: Shown<humantime::Rfc3339Timestamp>,
     level: &'static str,
     target: &'static str,
     message: &'static str,
     request_id: &'a str,
     trace_id: &'a str,
-    client: String,
+    client: Shown<OrEmpty<&'a pingora_core::protocols::l4::socket::SocketAddr>>,
     method: &'a str,
     path: &'a str,
     route: &'a str,
@@ -50,7 +50,7 @@ struct Line<'a> {
     pool: &'a str,
     endpoint: &'a str,
     attempts: usize,
-    attempt_log: String,
+    attempt_log: Shown<AttemptLog<'a>>,
     prompt_tokens: u64,
     completion_tokens: u64,
     cached_tokens: u64,
@@ -82,16 +82,15 @@ pub fn write(session: &Session, e: Option<&Error>, ctx: &RequestCtx) {
     let error = ctx.error.as_ref();
     let millis = |d: std::time::Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
     let line = Line {
-        timestamp: humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string(),
+        timestamp: Shown(humantime::format_rfc3339_micros(
+            std::time::SystemTime::now(),
+        )),
         level: "INFO",
         target: "access",
         message: "request",
         request_id: &ctx.request_id,
         trace_id: &ctx.trace.trace_id,
-        client: session
-            .client_addr()
-            .map(ToString::to_string)
-            .unwrap_or_default(),
+        client: Shown(OrEmpty(session.client_addr())),
         method: req.method.as_str(),
         path: req.uri.path(),
         route: ctx.route,
@@ -108,7 +107,7 @@ pub fn write(session: &Session, e: Option<&Error>, ctx: &RequestCtx) {
         pool: last.map_or("", |a| a.pool.spec.name.as_str()),
         endpoint: last.map_or("", |a| a.endpoint_name()),
         attempts: ctx.attempts.len(),
-        attempt_log: AttemptLog(&ctx.attempts).to_string(),
+        attempt_log: Shown(AttemptLog(&ctx.attempts)),
         prompt_tokens: usage.prompt,
         completion_tokens: usage.completion,
         cached_tokens: usage.cached,
@@ -141,6 +140,24 @@ pub fn write(session: &Session, e: Option<&Error>, ctx: &RequestCtx) {
             *buf = Vec::with_capacity(1024);
         }
     });
+}
+
+/// A field written as its `Display` text, straight into the line (no `String` first).
+struct Shown<T>(T);
+
+impl<T: std::fmt::Display> Serialize for Shown<T> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&self.0)
+    }
+}
+
+/// The value's text, or nothing.
+struct OrEmpty<T>(Option<T>);
+
+impl<T: std::fmt::Display> std::fmt::Display for OrEmpty<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.as_ref().map_or(Ok(()), |v| v.fmt(f))
+    }
 }
 
 /// Every attempt as `pool/endpoint=status|error:ms`, `;`-separated.
