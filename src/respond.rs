@@ -16,7 +16,8 @@ pub fn header(
     content_type: &str,
     request_id: &str,
 ) -> pingora_error::Result<ResponseHeader> {
-    let mut h = ResponseHeader::build(status, Some(4))?;
+    // No map of name case, as for proxied responses (`forward::client_response_header`).
+    let mut h = ResponseHeader::build_no_case(status, Some(4))?;
     h.insert_header("content-type", content_type)?;
     h.insert_header("x-request-id", request_id)?;
     Ok(h)

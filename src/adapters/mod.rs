@@ -18,7 +18,7 @@ use pingora_http::RequestHeader;
 
 use crate::config::{PoolSpec, ProviderKind, Secret};
 use crate::error::GatewayError;
-use crate::openai::{Api, InferenceRequest, Usage};
+use crate::openai::{Api, InferenceRequest, Usage, put_event};
 
 /// A wire format: how requests, answers, streams and errors are shaped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,12 +88,7 @@ impl Wire {
             out.put_slice(name.as_bytes());
             out.put_slice(b"\n");
         }
-        for line in event.data.split(|&b| b == b'\n') {
-            out.put_slice(b"data: ");
-            out.put_slice(line);
-            out.put_slice(b"\n");
-        }
-        out.put_slice(b"\n");
+        put_event(&event.data, out);
     }
 
     /// The error event that ends a stream broken after it started.

@@ -38,7 +38,7 @@ pub use entry::{Answer, Entry};
 pub use key::CacheKey;
 
 use crate::error::GatewayError;
-use crate::openai::{Api, is_usage_only_chunk};
+use crate::openai::{Api, is_usage_only_chunk, put_event};
 use crate::store::{RedisOptions, RedisStore, StateConfig};
 use config::{BackendKind, ScopeKind};
 use key::Scope;
@@ -394,12 +394,7 @@ pub fn replay_events(events: &[Bytes], strip_usage: bool) -> Bytes {
         if strip_usage && is_usage_only_chunk(data) {
             continue;
         }
-        for line in data.split(|&b| b == b'\n') {
-            out.put_slice(b"data: ");
-            out.put_slice(line);
-            out.put_slice(b"\n");
-        }
-        out.put_slice(b"\n");
+        put_event(data, &mut out);
     }
     out.put_slice(b"data: [DONE]\n\n");
     out.freeze()

@@ -9,7 +9,9 @@ mod sse;
 
 pub use models::{model_list, model_object};
 pub use request::{Api, InferenceRequest};
-pub use sse::{PromptDetails, SseParser, Usage, append_generated_text, is_usage_only_chunk};
+pub use sse::{
+    PromptDetails, SseParser, Usage, append_generated_text, is_usage_only_chunk, put_event,
+};
 
 /// Seconds since the Unix epoch, for `created` fields.
 pub fn unix_now() -> u64 {

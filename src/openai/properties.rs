@@ -151,6 +151,24 @@ proptest! {
     }
 
     #[test]
+    fn lines_are_what_splitting_at_newlines_gives(
+        text in prop::collection::vec(prop::sample::select(b"ab\n\r ".to_vec()), 0..64),
+    ) {
+        let ours: Vec<&[u8]> = super::sse::lines(&text).collect();
+        let split: Vec<&[u8]> = text.split(|&b| b == b'\n').collect();
+        prop_assert_eq!(ours, split);
+    }
+
+    #[test]
+    fn an_event_put_reads_back_as_its_data(
+        data in prop::collection::vec(prop::sample::select(b"ab\n {}".to_vec()), 0..64),
+    ) {
+        let mut framed = bytes::BytesMut::new();
+        super::put_event(&data, &mut framed);
+        prop_assert_eq!(events(&framed, &[]), vec![data]);
+    }
+
+    #[test]
     fn arbitrary_bytes_never_break_the_sse_parser(
         bytes in prop::collection::vec(any::<u8>(), 0..512),
         cuts in prop::collection::vec(any::<usize>(), 0..16),

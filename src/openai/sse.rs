@@ -218,6 +218,38 @@ impl SseParser {
     }
 }
 
+/// The lines of `text` between `\n`s, as `text.split(|&b| b == b'\n')` gives them, found
+/// with `memchr` (a stream's every event passes here).
+pub fn lines(text: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut ends = memchr::memchr_iter(b'\n', text);
+    let mut start = Some(0);
+    std::iter::from_fn(move || {
+        let from = start?;
+        match ends.next() {
+            Some(end) => {
+                start = Some(end + 1);
+                Some(&text[from..end])
+            }
+            None => {
+                start = None;
+                Some(&text[from..])
+            }
+        }
+    })
+}
+
+/// Writes `data` as one SSE event: a `data: ` line for each of its lines, then the blank
+/// line that ends the event.
+pub fn put_event(data: &[u8], out: &mut BytesMut) {
+    out.reserve(data.len() + 8);
+    for line in lines(data) {
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(line);
+        out.extend_from_slice(b"\n");
+    }
+    out.extend_from_slice(b"\n");
+}
+
 /// Where the first event in `buf` ends, and the length of the blank-line separator.
 fn event_end(buf: &[u8]) -> Option<(usize, usize)> {
     // Built once: building a searcher costs more than searching a typical event.
@@ -239,7 +271,7 @@ fn event_end(buf: &[u8]) -> Option<(usize, usize)> {
 fn emit_data(event: &[u8], on_data: &mut impl FnMut(&[u8])) {
     let mut data: Option<Vec<u8>> = None;
     let mut single: Option<&[u8]> = None;
-    for line in event.split(|&b| b == b'\n') {
+    for line in lines(event) {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         let Some(value) = line.strip_prefix(b"data:") else {
             continue;

@@ -29,7 +29,7 @@ use crate::adapters::{ClientEvent, StreamAdapter, Wire};
 use crate::body::BodyBuf;
 use crate::config::Secret;
 use crate::error::GatewayError;
-use crate::openai::{Api, SseParser, Usage, append_generated_text, is_usage_only_chunk};
+use crate::openai::{Api, SseParser, Usage, append_generated_text, is_usage_only_chunk, put_event};
 use crate::request_metrics::StreamTimer;
 
 /// How long an idle upstream connection stays in the pool.
@@ -458,12 +458,7 @@ pub async fn deliver_stream(
                 }
             }
             if let (Some(buf), true) = (reframed.as_mut(), keep) {
-                for line in data.split(|&b| b == b'\n') {
-                    buf.extend_from_slice(b"data: ");
-                    buf.extend_from_slice(line);
-                    buf.extend_from_slice(b"\n");
-                }
-                buf.extend_from_slice(b"\n");
+                put_event(data, buf);
             }
         });
         let chunk = match reframed {
@@ -715,8 +710,11 @@ fn request_header(
         path.push('?');
         path.push_str(query);
     }
-    let mut req = RequestHeader::build("POST", path.as_bytes(), Some(client.headers.len() + 5))
-        .map_err(internal)?;
+    // Without a map of the original name case: header names are case-insensitive, and
+    // keeping one is a second header map to fill per request.
+    let mut req =
+        RequestHeader::build_no_case("POST", path.as_bytes(), Some(client.headers.len() + 5))
+            .map_err(internal)?;
     for (name, value) in client.headers.iter() {
         if keeps(name.as_str(), DROP_REQUEST_HEADERS) {
             req.append_header(name.clone(), value.clone())
@@ -748,7 +746,9 @@ fn client_response_header(
     let internal = |e: Box<pingora_error::Error>| {
         GatewayError::Internal(format!("building the response header: {e}"))
     };
-    let mut h = ResponseHeader::build(
+    // Without a map of the original name case (see `request_header`): standard names go
+    // out in their usual title case, others in lower case.
+    let mut h = ResponseHeader::build_no_case(
         upstream.status,
         Some(upstream.headers.len() + 2 + extra.len()),
     )
