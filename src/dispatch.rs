@@ -246,7 +246,15 @@ pub async fn dispatch(
             let key = endpoint.keys().pick();
             let _in_flight = InFlight::enter(endpoint);
             let started = Instant::now();
-            let sent = upstream::send(connector, session, &attempt, key.map(|(_, k)| k)).await;
+            // Boxed: sending is over before a stream starts, and inline its state (4 KiB,
+            // Pingora's connector mostly) would size the request's future for its whole life.
+            let sent = Box::pin(upstream::send(
+                connector,
+                session,
+                &attempt,
+                key.map(|(_, k)| k),
+            ))
+            .await;
             let record = |ctx: &mut RequestCtx, outcome| {
                 ctx.attempts.push(AttemptRecord {
                     pool: pool.clone(),
