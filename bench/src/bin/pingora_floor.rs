@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use async_trait::async_trait;
 use clap::Parser;
 use pingora_core::listeners::ListenerConfig;
+use pingora_core::modules::http::HttpModules;
 use pingora_core::protocols::l4::stream::L4BufferSettings;
 use pingora_core::server::Server;
 use pingora_core::server::configuration::{Opt, ServerConf};
@@ -59,6 +60,10 @@ impl ProxyHttp for Floor {
     type CTX = ();
 
     fn new_ctx(&self) {}
+
+    /// None, as tollgate: Pingora's default is a disabled compression module that still
+    /// runs on every response.
+    fn init_downstream_modules(&self, _modules: &mut HttpModules) {}
 
     async fn upstream_peer(
         &self,
