@@ -335,8 +335,11 @@ pub async fn dispatch(
             };
             // The answer in the client's wire: a success translated (an answer that does
             // not translate is a broken one), an error reshaped.
+            let mut usage = None;
             let (client_status, body) = if class == Class::Success {
-                match check_json(pool, exchange.header(), &upstream_body)
+                // Usage is read by parsing the whole body: an answer with usage is JSON.
+                usage = translation.usage(&upstream_body);
+                match check_json(pool, exchange.header(), &upstream_body, usage.is_some())
                     .and_then(|()| translation.response(upstream_body.clone()))
                 {
                     Ok(body) => (status, body),
@@ -387,7 +390,7 @@ pub async fn dispatch(
                 ctx.served(c);
                 if class == Class::Success {
                     pool.balancer.served(&hints, i);
-                    ctx.delivery.usage = translation.usage(&upstream_body);
+                    ctx.delivery.usage = usage;
                     if status == 200
                         && let Some(c) = ctx.delivery.capture.as_mut()
                     {
@@ -578,7 +581,13 @@ fn with_status(header: &ResponseHeader, status: u16) -> Result<ResponseHeader, G
 }
 
 /// A 2xx body must be the JSON the API promises; anything else is a broken upstream.
-fn check_json(pool: &Pool, header: &ResponseHeader, body: &[u8]) -> Result<(), GatewayError> {
+/// `parsed`: the body is already known to be JSON (it was parsed whole).
+fn check_json(
+    pool: &Pool,
+    header: &ResponseHeader,
+    body: &[u8],
+    parsed: bool,
+) -> Result<(), GatewayError> {
     let content_type = header
         .headers
         .get("content-type")
@@ -592,6 +601,9 @@ fn check_json(pool: &Pool, header: &ResponseHeader, body: &[u8]) -> Result<(), G
         return Err(broken(format!(
             "a 2xx answer of type `{content_type}`, not JSON"
         )));
+    }
+    if parsed {
+        return Ok(());
     }
     serde_json::from_slice::<serde::de::IgnoredAny>(body)
         .map(|_| ())

@@ -320,6 +320,25 @@ mod tests {
         assert_eq!(text, r#"Hi "there"f{"a":1} done"#);
     }
 
+    #[test]
+    fn usage_is_found_only_in_a_whole_json_text() {
+        // The engine relies on this: an answer whose usage was found is valid JSON.
+        let whole = br#"{"choices":[],"usage":{"prompt_tokens":1}}"#;
+        assert_eq!(Usage::find(whole).map(|u| u.prompt_tokens), Some(1));
+        for broken in [
+            &br#"{"choices":[],"usage":{"prompt_tokens":1}} trailing"#[..],
+            br#"{"choices":[],"usage":{"prompt_tokens":1}"#,
+            br#"{"choices":[,"usage":{"prompt_tokens":1}}"#,
+        ] {
+            assert_eq!(
+                Usage::find(broken),
+                None,
+                "{}",
+                String::from_utf8_lossy(broken)
+            );
+        }
+    }
+
     fn events(chunks: &[&[u8]]) -> Vec<String> {
         let mut p = SseParser::new();
         let mut out = Vec::new();
