@@ -112,7 +112,7 @@ impl LocalStore {
     /// How many counters and lease counters are held, expired ones not yet swept
     /// included: for tests and metrics.
     pub fn len(&self) -> usize {
-        let state = self.lock();
+        let state = self.lock(self.clock.now_ms());
         state.counts.len() + state.leases.len()
     }
 
@@ -120,12 +120,12 @@ impl LocalStore {
         self.len() == 0
     }
 
-    /// The state, swept first if a sweep is due.
-    fn lock(&self) -> MutexGuard<'_, State> {
+    /// The state, swept first if a sweep is due at `now` (read by the caller, which needs
+    /// it too: a clock read per call, not two).
+    fn lock(&self, now: u64) -> MutexGuard<'_, State> {
         // A panic while the lock was held cannot leave a half-applied acquire (the
         // check is done before anything is written), so the state is still sound.
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let now = self.clock.now_ms();
         if now >= state.next_sweep_ms {
             state.sweep(now);
             state.next_sweep_ms = now.saturating_add(SWEEP_EVERY_MS);
@@ -152,20 +152,20 @@ impl std::fmt::Debug for LocalStore {
 impl Store for LocalStore {
     async fn acquire(&self, items: &[Acquire]) -> Result<Acquired, StoreError> {
         let now = self.clock.now_ms();
-        let mut state = self.lock();
+        let mut state = self.lock(now);
         Ok(state.acquire(items, now))
     }
 
     async fn adjust(&self, adjust: &[Adjust], release: &[Release]) -> Result<(), StoreError> {
         let now = self.clock.now_ms();
-        let mut state = self.lock();
+        let mut state = self.lock(now);
         state.adjust(adjust, release, now);
         Ok(())
     }
 
     async fn get(&self, keys: &[String]) -> Result<Vec<u64>, StoreError> {
         let now = self.clock.now_ms();
-        let mut state = self.lock();
+        let mut state = self.lock(now);
         Ok(keys.iter().map(|k| state.value(k, now)).collect())
     }
 
