@@ -69,9 +69,10 @@ fn parse(value: &str) -> Option<(String, u8)> {
 
 /// `words` random 64-bit words in hex, never all zero (an all-zero id is invalid).
 fn random_hex(words: usize) -> String {
+    use std::fmt::Write;
     let mut out = String::with_capacity(words * 16);
     for _ in 0..words {
-        out.push_str(&format!("{:016x}", fastrand::u64(1..)));
+        let _ = write!(out, "{:016x}", fastrand::u64(1..));
     }
     out
 }
