@@ -222,7 +222,7 @@ def budget(result):
             checks.append(info(
                 f"Pingora floor, {workload} at c=64",
                 f"CPU/request {floor:.4f} ms = {floor / n['proxy_cpu_ms_per_req']:.2f}× nginx; "
-                f"tollgate = {mine / floor:.2f}× the floor (+{mine - floor:.4f} ms); "
+                f"tollgate = {mine / floor:.2f}× the floor ({mine - floor:+.4f} ms); "
                 f"throughput {p['rps'] / n['rps']:.2f}× nginx"))
     for workload in WORKLOADS:
         p = find_case(result, "pingora", workload, "c16")
