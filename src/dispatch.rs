@@ -335,10 +335,12 @@ pub async fn dispatch(
             };
             // The answer in the client's wire: a success translated (an answer that does
             // not translate is a broken one), an error reshaped.
-            let mut usage = None;
+            // Usage is read by parsing the whole body: an answer with usage is JSON.
+            let usage = match class {
+                Class::Success => translation.usage(&upstream_body),
+                _ => None,
+            };
             let (client_status, body) = if class == Class::Success {
-                // Usage is read by parsing the whole body: an answer with usage is JSON.
-                usage = translation.usage(&upstream_body);
                 match check_json(pool, exchange.header(), &upstream_body, usage.is_some())
                     .and_then(|()| translation.response(upstream_body.clone()))
                 {
