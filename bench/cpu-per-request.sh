@@ -13,6 +13,11 @@
 # CPR_PROXY=floor|nginx to measure bench-pingora-floor or nginx in tollgate's place,
 # CPR_WORK_STEALING=false for Pingora's per-thread runtimes,
 # CPR_EXTRA_YAML='log: {access: off}' to append top-level sections to the config,
+# CPR_POLICY=1 to turn on the harness's policy stack (API key, rpm/tpm/concurrency limits,
+# a USD and a token budget, the admin listener with metrics),
+# CPR_CALLGRIND=FILE to run tollgate under callgrind and print the instructions per request
+# on its request path: a count that repeats exactly from run to run, unlike CPU time on a
+# shared machine (use a few thousand requests; the CPU figure is then not meaningful),
 # TOLLGATE_BIN / UPSTREAM_BIN / CLIENT_BIN to pick binaries (default target/release).
 set -euo pipefail
 
@@ -48,9 +53,11 @@ need() { command -v "$1" >/dev/null 2>&1 || { echo "$1 is not installed: $2" >&2
 [ "${CPR_PROXY:-tollgate}" != nginx ] || need nginx "apt-get install nginx-light (bench/run.sh installs it)"
 [ "${CPR_STRACE:-0}" != 1 ] || need strace "apt-get install strace"
 [ -z "${CPR_PERF_RECORD:-}" ] || need perf "apt-get install linux-perf"
+[ -z "${CPR_CALLGRIND:-}" ] || need valgrind "apt-get install valgrind"
 
+# wait_port PORT [TRIES]: polls every 0.1 s.
 wait_port() {
-    for _ in $(seq 100); do
+    for _ in $(seq "${2:-100}"); do
         (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
         sleep 0.1
     done
@@ -84,12 +91,40 @@ pools:
     dns_refresh: 30s
 ${CPR_EXTRA_YAML:-}
 EOF
+if [ "${CPR_POLICY:-0}" = 1 ]; then
+    # bench-client sends `Bearer bench-key` (kept here as its SHA-256), as in bench/conf.
+    cat >>"$DIR/tollgate.yaml" <<EOF
+admin:
+  address: 127.0.0.1:$((TG_PORT + 1))
+auth:
+  keys:
+    - id: bench-ttft
+      sha256: b0962662e937d44c699c8305d90cbf190b3150c59b13863d1380b5cc3c711bb7
+      team: bench
+quotas:
+  keys:
+    bench-ttft:
+      rpm: 100000000
+      tpm: 100000000000
+      concurrency: 100000
+      budgets:
+        - {usd: 1000000, window: day}
+  teams:
+    bench:
+      budgets:
+        - {tokens: 100000000000, window: month}
+  prices:
+    bench-fast: {input: 2.5, output: 10, cached_input: 1.25}
+EOF
+fi
+VALGRIND=()
+[ -z "${CPR_CALLGRIND:-}" ] || VALGRIND=(valgrind --tool=callgrind "--callgrind-out-file=$CPR_CALLGRIND")
 
 "$UPSTREAM_BIN" --listen "127.0.0.1:$MOCK_PORT" --chunks 20 >"$DIR/mock.log" 2>&1 &
 PIDS+=($!)
 case "${CPR_PROXY:-tollgate}" in
 tollgate)
-    RUST_LOG="${RUST_LOG:-info}" "$TOLLGATE_BIN" -c "$DIR/tollgate.yaml" >"$DIR/tollgate.out" 2>"$DIR/tollgate.log" &
+    RUST_LOG="${RUST_LOG:-info}" "${VALGRIND[@]}" "$TOLLGATE_BIN" -c "$DIR/tollgate.yaml" >"$DIR/tollgate.out" 2>"$DIR/tollgate.log" &
     ;;
 floor)
     "$FLOOR_BIN" --route "127.0.0.1:$TG_PORT=127.0.0.1:$MOCK_PORT" \
@@ -125,7 +160,7 @@ esac
 TG=$!
 PIDS+=("$TG")
 wait_port "$MOCK_PORT"
-wait_port "$TG_PORT"
+wait_port "$TG_PORT" 600
 
 stream_flag=(--no-stream)
 [ "$MODE" = stream ] && stream_flag=()
@@ -152,6 +187,7 @@ ctxsw() { for p in $(procs); do cat /proc/"$p"/task/*/status; done | awk '/ctxt_
 load 2000 /dev/null # warm-up: connections, pools, allocator
 
 read -r u0 s0 < <(cpu_ticks); c0=$(ctxsw); l0=$(wc -l <"$DIR/tollgate.log")
+[ -z "${CPR_CALLGRIND:-}" ] || callgrind_control -z "$TG" >/dev/null
 if [ -n "${CPR_PERF_RECORD:-}" ]; then
     perf record ${CPR_PERF_ARGS:-} -F 1999 -p "$TG" -o "$CPR_PERF_RECORD" 2>/dev/null &
     PERF=$!
@@ -165,6 +201,7 @@ fi
 load "$REQUESTS" "$DIR/client.json"
 if [ -n "${STRACE:-}" ]; then kill -INT "$STRACE"; wait "$STRACE" || true; fi
 if [ -n "${PERF:-}" ]; then kill -INT "$PERF"; wait "$PERF" || true; fi
+[ -z "${CPR_CALLGRIND:-}" ] || callgrind_control -d "$TG" >/dev/null
 read -r u1 s1 < <(cpu_ticks); c1=$(ctxsw); l1=$(wc -l <"$DIR/tollgate.log")
 sleep 0.3 # buffered access lines reach the log
 l1=$(wc -l <"$DIR/tollgate.log")
@@ -181,4 +218,13 @@ PY
 if [ -f "$DIR/strace.txt" ]; then
     n=$(( l1 > l0 ? l1 - l0 : REQUESTS ))
     awk -v n="$n" 'NR > 2 && $NF != "total" && $4 ~ /^[0-9]+$/ {printf "  %-16s %6.2f /request\n", $NF, $4 / n}' "$DIR/strace.txt" | sort -k2 -nr | head -15
+fi
+if [ -n "${CPR_CALLGRIND:-}" ]; then
+    # The dump taken after the measured requests; the request path is everything the
+    # listener's per-connection task runs (tollgate's phases and Pingora's session).
+    n=$(( l1 > l0 ? l1 - l0 : REQUESTS ))
+    callgrind_annotate --inclusive=yes --threshold=100 "$CPR_CALLGRIND.1" 2>/dev/null |
+        awk -v n="$n" '/HeadDeadlineApp<A> as pingora_core::apps::ServerApp>::process_new::\{\{closure\}\}( \[|$)/ {
+            gsub(",", "", $1); if ($1 + 0 > max + 0) max = $1 + 0 }
+            END { printf "request path instructions/request %.0f (callgrind: %s.1)\n", max / n, FILE }' FILE="$CPR_CALLGRIND"
 fi
