@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::{HeaderValue, StatusCode, response};
 use pingora_core::connectors::http::Connector;
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
@@ -30,6 +31,9 @@ use crate::catalog::Resolved;
 use crate::config::{HashSource, Strategy};
 use crate::error::GatewayError;
 use crate::handler::RequestCtx;
+use crate::headers::{
+    self, Header, X_TOLLGATE_ATTEMPTS, X_TOLLGATE_ENDPOINT, X_TOLLGATE_MODEL, X_TOLLGATE_POOL,
+};
 use crate::openai::InferenceRequest;
 use crate::state::State;
 use crate::tokens;
@@ -72,8 +76,8 @@ impl AttemptRecord {
 /// What the last failed attempt left to tell the client.
 enum LastFailure {
     Error(GatewayError),
-    /// An upstream error response, read whole.
-    Response(Box<ResponseHeader>, Bytes),
+    /// An upstream error response, read whole: the client's head for it and its body.
+    Response(Box<response::Parts>, Bytes),
 }
 
 /// How a response status steers the attempt loop.
@@ -400,13 +404,13 @@ pub async fn dispatch(
                     }
                 }
                 let extra = served_headers(ctx, &c, pool, Some(endpoint), made);
-                let header = with_status(exchange.header(), client_status)?;
+                let head = client_head(exchange.header(), client_status, ctx, extra.len())?;
                 exchange.release(connector).await;
                 // The endpoint is done with it; the client's download needs no slot.
                 drop(slot);
                 return upstream::deliver_whole(
                     session,
-                    &header,
+                    head,
                     body,
                     &extra,
                     &ctx.request_id,
@@ -415,19 +419,20 @@ pub async fn dispatch(
                 .await;
             }
             tracing::debug!(request_id = %ctx.request_id, pool = %pool.spec.name, endpoint = %endpoint.spec.name, status, "attempt refused; retrying");
-            let header = Box::new(with_status(exchange.header(), client_status)?);
+            let extra = 1 + ctx.admit_headers.len();
+            let head = Box::new(client_head(exchange.header(), client_status, ctx, extra)?);
             exchange.release(connector).await;
-            last = Some(LastFailure::Response(header, body));
+            last = Some(LastFailure::Response(head, body));
         }
     }
 
     match last {
-        Some(LastFailure::Response(header, body)) => {
-            let mut extra = vec![("x-tollgate-attempts", made.to_string())];
+        Some(LastFailure::Response(head, body)) => {
+            let mut extra = vec![(X_TOLLGATE_ATTEMPTS, HeaderValue::from(made))];
             extra.extend(ctx.admit_headers.iter().cloned());
             upstream::deliver_whole(
                 session,
-                &header,
+                *head,
                 body,
                 &extra,
                 &ctx.request_id,
@@ -529,14 +534,19 @@ fn served_headers(
     pool: &Pool,
     endpoint: Option<&Endpoint>,
     attempts: u32,
-) -> Vec<(&'static str, String)> {
+) -> Vec<Header> {
     let mut h = Vec::with_capacity(4 + ctx.admit_headers.len());
-    h.push(("x-tollgate-model", c.model.to_owned()));
-    h.push(("x-tollgate-pool", pool.spec.name.clone()));
-    if let Some(e) = endpoint {
-        h.push(("x-tollgate-endpoint", e.spec.name.clone()));
+    let names = [
+        (X_TOLLGATE_MODEL, c.model),
+        (X_TOLLGATE_POOL, pool.spec.name.as_str()),
+    ];
+    let endpoint = endpoint.map(|e| (X_TOLLGATE_ENDPOINT, e.spec.name.as_str()));
+    for (name, text) in names.into_iter().chain(endpoint) {
+        if let Some(value) = headers::text(text) {
+            h.push((name, value));
+        }
     }
-    h.push(("x-tollgate-attempts", attempts.to_string()));
+    h.push((X_TOLLGATE_ATTEMPTS, HeaderValue::from(attempts)));
     h.extend(ctx.admit_headers.iter().cloned());
     h
 }
@@ -573,13 +583,21 @@ fn hints(pool: &Pool, session: &Session, req: &InferenceRequest) -> Hints {
 
 /// The upstream's response header with the client's status (a translated error's may
 /// differ, e.g. Anthropic's 529 is a 503 to OpenAI clients).
-fn with_status(header: &ResponseHeader, status: u16) -> Result<ResponseHeader, GatewayError> {
-    let mut h = header.clone();
-    if h.status.as_u16() != status {
-        h.set_status(status)
-            .map_err(|e| GatewayError::Internal(format!("setting the status {status}: {e}")))?;
-    }
-    Ok(h)
+/// The client's head for an upstream answer, with the status the client gets.
+fn client_head(
+    header: &ResponseHeader,
+    status: u16,
+    ctx: &RequestCtx,
+    extra: usize,
+) -> Result<response::Parts, GatewayError> {
+    let status = StatusCode::from_u16(status)
+        .map_err(|e| GatewayError::Internal(format!("setting the status {status}: {e}")))?;
+    Ok(upstream::client_head(
+        header,
+        status,
+        &ctx.request_id,
+        extra,
+    ))
 }
 
 /// A 2xx body must be the JSON the API promises; anything else is a broken upstream.

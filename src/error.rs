@@ -5,8 +5,12 @@
 //! pass through to the client with their own status and body.
 
 use bytes::Bytes;
+use http::HeaderValue;
+use http::header::RETRY_AFTER;
 use serde::Serialize;
 use tollgate_plugin::Rejection;
+
+use crate::headers::{Header, RETRY_AFTER_MS};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GatewayError {
@@ -53,7 +57,7 @@ pub enum GatewayError {
         cause: Saturation,
         sheddable: bool,
         /// `retry-after` and `retry-after-ms`.
-        headers: Vec<(&'static str, String)>,
+        headers: Vec<Header>,
     },
     /// A plugin refused the request (401 unknown key, 403 model not allowed, 429 rate
     /// limit or budget …), with its own OpenAI error and headers.
@@ -115,14 +119,14 @@ impl GatewayError {
         sheddable: bool,
         retry_after: std::time::Duration,
     ) -> Self {
-        let ms = retry_after.as_millis().max(1);
+        let ms = u64::try_from(retry_after.as_millis().max(1)).unwrap_or(u64::MAX);
         GatewayError::PoolSaturated {
             pool: pool.to_owned(),
             cause,
             sheddable,
             headers: vec![
-                ("retry-after", ms.div_ceil(1000).to_string()),
-                ("retry-after-ms", ms.to_string()),
+                (RETRY_AFTER, HeaderValue::from(ms.div_ceil(1000))),
+                (RETRY_AFTER_MS, HeaderValue::from(ms)),
             ],
         }
     }
@@ -164,7 +168,7 @@ impl GatewayError {
     }
 
     /// Response headers that go with the error (e.g. `retry-after`).
-    pub fn headers(&self) -> &[(&'static str, String)] {
+    pub fn headers(&self) -> &[Header] {
         match self {
             GatewayError::Rejected(r) => &r.headers,
             GatewayError::PoolSaturated { headers, .. } => headers,
@@ -374,13 +378,12 @@ mod tests {
         for e in [&shed, &held] {
             assert_eq!(e.code(), "pool_saturated");
             assert!(e.message().contains("Pool `gpu` is saturated"), "{e}");
-            assert_eq!(
-                e.headers(),
-                [
-                    ("retry-after", "2".to_owned()),
-                    ("retry-after-ms", "1500".to_owned())
-                ]
-            );
+            let headers: Vec<_> = e
+                .headers()
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.to_str().unwrap()))
+                .collect();
+            assert_eq!(headers, [("retry-after", "2"), ("retry-after-ms", "1500")]);
         }
     }
 }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use http::HeaderValue;
 use pingora_proxy::Session;
 
 use crate::body::BodyBuf;
@@ -18,6 +19,7 @@ use tollgate_plugin::{Outcome, Principal, Request as PluginRequest, Settle, Toke
 use crate::adapters::Wire;
 use crate::dispatch::{self, AttemptRecord};
 use crate::error::GatewayError;
+use crate::headers::{self, Header, X_CACHE, X_TOLLGATE_ATTEMPTS, X_TOLLGATE_MODEL};
 use crate::openai::{self, Api, InferenceRequest};
 use crate::respond;
 use crate::route::{self, Route};
@@ -51,7 +53,7 @@ pub struct RequestCtx {
     /// Who is calling, once identified.
     pub principal: Option<Principal>,
     /// Response headers the plugins asked for at admission (e.g. `x-ratelimit-*`).
-    pub admit_headers: Vec<(&'static str, String)>,
+    pub admit_headers: Vec<Header>,
     /// Reservations to reconcile when the request is over.
     settles: Settles,
     /// The prompt's tokens, counted exactly when a stream was cut short (its usage is
@@ -434,7 +436,7 @@ impl RequestCtx {
         cache.record(status);
         self.cache = Some(status);
         self.admit_headers
-            .push(("x-cache", status.as_str().to_owned()));
+            .push((X_CACHE, HeaderValue::from_static(status.as_str())));
     }
 }
 
@@ -456,9 +458,14 @@ async fn serve_hit(
         _ => TokenUsage::default(),
     });
     let mut extra = Vec::with_capacity(3 + ctx.admit_headers.len());
-    extra.push(("x-cache", cache::Status::Hit.as_str().to_owned()));
-    extra.push(("x-tollgate-model", entry.served_model.clone()));
-    extra.push(("x-tollgate-attempts", "0".to_owned()));
+    extra.push((
+        X_CACHE,
+        HeaderValue::from_static(cache::Status::Hit.as_str()),
+    ));
+    if let Some(model) = headers::text(&entry.served_model) {
+        extra.push((X_TOLLGATE_MODEL, model));
+    }
+    extra.push((X_TOLLGATE_ATTEMPTS, HeaderValue::from(0u32)));
     extra.extend(ctx.admit_headers.iter().cloned());
     let id = ctx.request_id.as_str();
     let d = &mut ctx.delivery;

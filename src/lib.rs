@@ -27,6 +27,7 @@ pub mod error;
 pub mod gateway;
 pub mod handler;
 pub mod header_deadline;
+pub mod headers;
 pub mod key_admin;
 pub mod logging;
 pub mod metrics;

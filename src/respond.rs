@@ -2,24 +2,33 @@
 //! Every response carries `x-request-id`.
 
 use bytes::Bytes;
-use pingora_http::ResponseHeader;
+use http::header::{
+    ALLOW, CACHE_CONTROL, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING,
+};
+use http::{HeaderValue, StatusCode, response};
+use pingora_error::{ErrorType, OrErr};
 use pingora_proxy::Session;
 
 use crate::adapters::Wire;
 use crate::error::GatewayError;
+use crate::headers::{self, Header};
 
 pub type WriteResult = pingora_error::Result<()>;
 
-/// A response header with `x-request-id` and the given content type.
-pub fn header(
+/// A response head with `x-request-id`, the given content type and room for `capacity`
+/// more headers.
+pub fn head(
     status: u16,
-    content_type: &str,
+    content_type: &'static str,
     request_id: &str,
-) -> pingora_error::Result<ResponseHeader> {
-    // No map of name case, as for proxied responses (`forward::client_response_header`).
-    let mut h = ResponseHeader::build_no_case(status, Some(4))?;
-    h.insert_header("content-type", content_type)?;
-    h.insert_header("x-request-id", request_id)?;
+    capacity: usize,
+) -> pingora_error::Result<response::Parts> {
+    let status = StatusCode::from_u16(status).explain_err(ErrorType::InvalidHTTPHeader, |_| {
+        format!("invalid status {status}")
+    })?;
+    let mut h = headers::response(status, capacity + 1, request_id);
+    h.headers
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     Ok(h)
 }
 
@@ -39,16 +48,15 @@ pub async fn json_with(
     status: u16,
     body: Bytes,
     request_id: &str,
-    extra: &[(&'static str, String)],
+    extra: &[Header],
 ) -> WriteResult {
-    let mut h = header(status, "application/json", request_id)?;
-    h.insert_header("content-length", body.len().to_string())?;
-    for (name, value) in extra {
-        h.insert_header(*name, value.as_str())?;
-    }
+    let mut h = head(status, "application/json", request_id, 1 + extra.len())?;
+    h.headers
+        .insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+    headers::extend(&mut h, extra);
     let head_only = session.req_header().method == http::Method::HEAD;
     session
-        .write_response_header(Box::new(h), head_only)
+        .write_response_header(headers::finish(h), head_only)
         .await?;
     if !head_only {
         session.write_response_body(Some(body), true).await?;
@@ -64,55 +72,55 @@ pub async fn error(
     request_id: &str,
     wire: Wire,
 ) -> WriteResult {
-    let mut h = header(e.status(), "application/json", request_id)?;
+    let extra = e.headers();
+    let mut h = head(e.status(), "application/json", request_id, 3 + extra.len())?;
     let body = wire.error_body(e);
-    h.insert_header("content-length", body.len().to_string())?;
-    for (name, value) in e.headers() {
-        h.insert_header(*name, value.as_str())?;
-    }
+    h.headers
+        .insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+    headers::extend(&mut h, extra);
     if let GatewayError::MethodNotAllowed { path, .. } = e {
         let allow = if path.starts_with("/v1/models") || !path.starts_with("/v1/") {
             "GET, HEAD"
         } else {
             "POST"
         };
-        h.insert_header("allow", allow)?;
+        h.headers.insert(ALLOW, HeaderValue::from_static(allow));
     }
     if !session.as_downstream_mut().is_body_done() {
         // The rest of the body (maybe huge, maybe never coming) is not read: close the
         // connection rather than drain it for the next request.
-        h.insert_header("connection", "close")?;
+        h.headers
+            .insert(CONNECTION, HeaderValue::from_static("close"));
         session.set_keepalive(None);
     }
-    session.write_response_header(Box::new(h), false).await?;
+    session
+        .write_response_header(headers::finish(h), false)
+        .await?;
     session.write_response_body(Some(body), true).await
 }
 
 /// Starts a `text/event-stream` response with `extra` headers.
-pub async fn sse_start(
-    session: &mut Session,
-    request_id: &str,
-    extra: &[(&'static str, String)],
-) -> WriteResult {
-    let mut h = header(200, "text/event-stream", request_id)?;
-    h.insert_header("cache-control", "no-cache")?;
-    for (name, value) in extra {
-        h.insert_header(*name, value.as_str())?;
-    }
-    frame_open_ended_body(session, &mut h)?;
-    session.write_response_header(Box::new(h), false).await
+pub async fn sse_start(session: &mut Session, request_id: &str, extra: &[Header]) -> WriteResult {
+    let mut h = head(200, "text/event-stream", request_id, 2 + extra.len())?;
+    h.headers
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers::extend(&mut h, extra);
+    frame_open_ended_body(session, &mut h);
+    session
+        .write_response_header(headers::finish(h), false)
+        .await
 }
 
 /// A body of unknown length (a stream) must be chunked for an HTTP/1.1 client: without
 /// `Content-Length` or chunking, its end could only be signalled by closing the
 /// connection. HTTP/2 frames bodies itself; HTTP/1.0 knows no chunking.
-pub fn frame_open_ended_body(session: &Session, h: &mut ResponseHeader) -> WriteResult {
-    let sized = h.headers.contains_key(http::header::CONTENT_LENGTH);
+pub fn frame_open_ended_body(session: &Session, h: &mut response::Parts) {
+    let sized = h.headers.contains_key(CONTENT_LENGTH);
     let http11 = session.req_header().version == http::Version::HTTP_11;
     if !sized && http11 && !session.as_downstream().is_http2() {
-        h.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+        h.headers
+            .insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
     }
-    Ok(())
 }
 
 /// One SSE event: `data: {payload}\n\n`, written (and so flushed) on its own.

@@ -14,11 +14,15 @@
 pub mod anthropic;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use pingora_http::RequestHeader;
+use http::header::{AUTHORIZATION, InvalidHeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::config::{PoolSpec, ProviderKind, Secret};
 use crate::error::GatewayError;
 use crate::openai::{Api, InferenceRequest, Usage, put_event};
+
+const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+const ANTHROPIC_VERSION: HeaderName = HeaderName::from_static("anthropic-version");
 
 /// A wire format: how requests, answers, streams and errors are shaped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,25 +59,35 @@ impl Wire {
         }
     }
 
-    /// Sets the upstream credential (and any header the provider requires) on `req`.
+    /// Sets the upstream credential (and any header the provider requires) on an
+    /// upstream request's headers. Fails on a key no header value may hold.
     pub fn authorize(
         self,
-        req: &mut RequestHeader,
+        headers: &mut HeaderMap,
         key: Option<&Secret>,
-    ) -> Result<(), Box<pingora_error::Error>> {
+    ) -> Result<(), InvalidHeaderValue> {
+        let secret = |text: String| {
+            HeaderValue::try_from(text).map(|mut v| {
+                v.set_sensitive(true);
+                v
+            })
+        };
         match self {
             Wire::OpenAi => {
                 if let Some(key) = key {
-                    req.insert_header("authorization", format!("Bearer {}", key.expose()))?;
+                    headers.insert(AUTHORIZATION, secret(format!("Bearer {}", key.expose()))?);
                 }
             }
             Wire::Anthropic => {
                 if let Some(key) = key {
-                    req.insert_header("x-api-key", key.expose())?;
+                    headers.insert(X_API_KEY, secret(key.expose().to_owned())?);
                 }
                 // A client speaking Anthropic's API chose its version; keep it.
-                if !req.headers.contains_key("anthropic-version") {
-                    req.insert_header("anthropic-version", anthropic::API_VERSION)?;
+                if !headers.contains_key(&ANTHROPIC_VERSION) {
+                    headers.insert(
+                        ANTHROPIC_VERSION,
+                        HeaderValue::from_static(anthropic::API_VERSION),
+                    );
                 }
             }
         }

@@ -13,6 +13,8 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST};
+use http::{HeaderValue, StatusCode, response};
 use pingora_core::connectors::http::Connector;
 use pingora_core::protocols::http::client::HttpSession;
 use pingora_core::protocols::http::v1;
@@ -29,6 +31,7 @@ use crate::adapters::{ClientEvent, StreamAdapter, Wire};
 use crate::body::BodyBuf;
 use crate::config::Secret;
 use crate::error::GatewayError;
+use crate::headers::{self, Header, TRACEPARENT, X_REQUEST_ID, X_UPSTREAM_REQUEST_ID};
 use crate::openai::{Api, SseParser, Usage, append_generated_text, is_usage_only_chunk, put_event};
 use crate::request_metrics::StreamTimer;
 
@@ -317,21 +320,24 @@ async fn read_chunk(
     }
 }
 
-/// Sends a response whose body was read whole: the upstream's status and headers (less
-/// those the gateway drops), `extra` headers, and the body with its length.
+/// Sends a response whose body was read whole: `head` (see [`client_head`]) with `extra`
+/// headers, and the body with its length.
 pub async fn deliver_whole(
     session: &mut Session,
-    upstream: &ResponseHeader,
+    mut head: response::Parts,
     body: Bytes,
-    extra: &[(&'static str, String)],
+    extra: &[Header],
     request_id: &str,
     out: &mut Delivery,
 ) -> Result<(), GatewayError> {
-    let mut h = client_response_header(upstream, request_id, extra)?;
-    h.insert_header("content-length", body.len().to_string())
-        .map_err(|e| GatewayError::Internal(format!("building the response header: {e}")))?;
+    head.headers
+        .insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+    headers::extend(&mut head, extra);
     out.response_bytes = body.len() as u64;
-    if let Err(e) = session.write_response_header(Box::new(h), false).await {
+    if let Err(e) = session
+        .write_response_header(headers::finish(head), false)
+        .await
+    {
         out.client_gone = true;
         tracing::debug!(request_id, error = %e, "client gone before the response");
         return Ok(());
@@ -355,7 +361,7 @@ pub async fn deliver_stream(
     session: &mut Session,
     mut exchange: Box<Exchange>,
     pool: &Pool,
-    extra: &[(&'static str, String)],
+    extra: &[Header],
     request_id: &str,
     mode: StreamMode,
     mut adapter: Option<Box<dyn StreamAdapter>>,
@@ -366,10 +372,14 @@ pub async fn deliver_stream(
     if mode.keep_text {
         out.generated = Some(String::new());
     }
-    let mut h = client_response_header(exchange.header(), request_id, extra)?;
-    crate::respond::frame_open_ended_body(session, &mut h)
-        .map_err(|e| GatewayError::Internal(format!("framing the response: {e}")))?;
-    if let Err(e) = session.write_response_header(Box::new(h), false).await {
+    let upstream = exchange.header();
+    let mut h = client_head(upstream, upstream.status, request_id, extra.len() + 1);
+    headers::extend(&mut h, extra);
+    crate::respond::frame_open_ended_body(session, &mut h);
+    if let Err(e) = session
+        .write_response_header(headers::finish(h), false)
+        .await
+    {
         tracing::debug!(request_id, error = %e, "client gone before the response");
         out.client_gone = true;
         return Ok(());
@@ -707,74 +717,64 @@ fn request_header(
     a: &Attempt<'_>,
     key: Option<&Secret>,
 ) -> Result<RequestHeader, GatewayError> {
-    let internal = |e: Box<pingora_error::Error>| {
-        GatewayError::Internal(format!("building the upstream request: {e}"))
-    };
     let spec = &a.endpoint.spec;
     let mut path = format!("{}{}", spec.base_path, a.wire.path(a.api));
     if let Some(query) = client.uri.query() {
         path.push('?');
         path.push_str(query);
     }
-    // Without a map of the original name case: header names are case-insensitive, and
-    // keeping one is a second header map to fill per request.
-    let mut req =
-        RequestHeader::build_no_case("POST", path.as_bytes(), Some(client.headers.len() + 5))
-            .map_err(internal)?;
+    let (mut head, ()) = http::Request::new(()).into_parts();
+    head.method = http::Method::POST;
+    head.uri = http::Uri::try_from(path)
+        .map_err(|e| GatewayError::Internal(format!("building the upstream request path: {e}")))?;
+    // Built on `http`'s map, as the client's response is (see `crate::headers`).
+    let h = &mut head.headers;
+    h.reserve(client.headers.len() + 7);
     for (name, value) in client.headers.iter() {
         if keeps(name.as_str(), DROP_REQUEST_HEADERS) {
-            req.append_header(name.clone(), value.clone())
-                .map_err(internal)?;
+            h.append(name.clone(), value.clone());
         }
     }
-    req.insert_header("host", a.endpoint.host_header())
-        .map_err(internal)?;
-    req.insert_header("content-type", "application/json")
-        .map_err(internal)?;
-    req.insert_header("content-length", a.body.len().to_string())
-        .map_err(internal)?;
-    req.insert_header("x-request-id", a.request_id)
-        .map_err(internal)?;
-    req.insert_header("traceparent", a.traceparent)
-        .map_err(internal)?;
-    a.wire.authorize(&mut req, key).map_err(internal)?;
-    Ok(req)
+    h.insert(HOST, a.endpoint.host_header());
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(CONTENT_LENGTH, HeaderValue::from(a.body.len()));
+    for (name, value) in [(X_REQUEST_ID, a.request_id), (TRACEPARENT, a.traceparent)] {
+        if let Some(value) = headers::text(value) {
+            h.insert(name, value);
+        }
+    }
+    a.wire.authorize(h, key).map_err(|_| {
+        GatewayError::Internal(format!(
+            "the key of endpoint `{}` is not a valid header value",
+            spec.name
+        ))
+    })?;
+    Ok(RequestHeader::from(head))
 }
 
-/// The client's response header from the upstream's: its status and headers less those
-/// the gateway drops (and `content-length`, which the caller sets or frames), plus
-/// `extra`.
-fn client_response_header(
+/// The client's response head from the upstream's: `status` (the upstream's, or what the
+/// gateway makes of it), the upstream's headers less those the gateway drops (and
+/// `content-length`, which the caller sets or frames), the request ids, and room for
+/// `extra` more.
+pub fn client_head(
     upstream: &ResponseHeader,
+    status: StatusCode,
     request_id: &str,
-    extra: &[(&'static str, String)],
-) -> Result<ResponseHeader, GatewayError> {
-    let internal = |e: Box<pingora_error::Error>| {
-        GatewayError::Internal(format!("building the response header: {e}"))
-    };
-    // Without a map of the original name case (see `request_header`): standard names go
-    // out in their usual title case, others in lower case.
-    let mut h = ResponseHeader::build_no_case(
-        upstream.status,
-        Some(upstream.headers.len() + 2 + extra.len()),
-    )
-    .map_err(internal)?;
+    extra: usize,
+) -> response::Parts {
+    let mut h = headers::response(status, upstream.headers.len() + 1 + extra, request_id);
     for (name, value) in upstream.headers.iter() {
-        if keeps(name.as_str(), DROP_RESPONSE_HEADERS) && name != http::header::CONTENT_LENGTH {
-            h.append_header(name.clone(), value.clone())
-                .map_err(internal)?;
+        if keeps(name.as_str(), DROP_RESPONSE_HEADERS)
+            && name != CONTENT_LENGTH
+            && name != X_REQUEST_ID
+        {
+            h.headers.append(name.clone(), value.clone());
         }
     }
-    if let Some(id) = upstream.headers.get("x-request-id") {
-        h.insert_header("x-upstream-request-id", id.clone())
-            .map_err(internal)?;
+    if let Some(id) = upstream.headers.get(X_REQUEST_ID) {
+        h.headers.insert(X_UPSTREAM_REQUEST_ID, id.clone());
     }
-    h.insert_header("x-request-id", request_id)
-        .map_err(internal)?;
-    for (name, value) in extra {
-        h.insert_header(*name, value.as_str()).map_err(internal)?;
-    }
-    Ok(h)
+    h
 }
 
 fn connect_error(pool: &Pool, e: &pingora_error::Error) -> GatewayError {

@@ -232,14 +232,18 @@ fn probe_request(
         Some(path) => path.clone(),
         None => format!("{}/models", spec.base_path),
     };
-    let build = |e: Box<pingora_error::Error>| format!("building the probe request: {e}");
-    let mut req = RequestHeader::build("GET", path.as_bytes(), Some(3)).map_err(build)?;
-    req.insert_header("host", endpoint.host_header())
-        .map_err(build)?;
-    req.insert_header("user-agent", USER_AGENT).map_err(build)?;
-    wire.authorize(&mut req, endpoint.keys().pick().map(|(_, key)| key))
-        .map_err(build)?;
-    Ok(req)
+    let (mut head, ()) = http::Request::new(()).into_parts();
+    head.uri = http::Uri::try_from(path.as_str())
+        .map_err(|e| format!("building the probe request: path `{path}`: {e}"))?;
+    let h = &mut head.headers;
+    h.insert(http::header::HOST, endpoint.host_header());
+    h.insert(
+        http::header::USER_AGENT,
+        http::HeaderValue::from_static(USER_AGENT),
+    );
+    wire.authorize(h, endpoint.keys().pick().map(|(_, key)| key))
+        .map_err(|_| "building the probe request: the key is not a valid header value")?;
+    Ok(RequestHeader::from(head))
 }
 
 #[cfg(test)]

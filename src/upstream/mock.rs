@@ -29,7 +29,7 @@ pub async fn answer(
     req: &InferenceRequest,
     upstream_model: &str,
     request_id: &str,
-    extra: &[(&'static str, String)],
+    extra: &[crate::headers::Header],
     out: &mut Delivery,
 ) -> Result<(), GatewayError> {
     // The gateway checked the body is JSON; a full parse can still refuse it (nesting

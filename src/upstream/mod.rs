@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use std::net::SocketAddr;
 
+use http::HeaderValue;
 use pingora_core::protocols::tls::CaType;
 use pingora_core::upstreams::peer::HttpPeer;
 
@@ -32,7 +33,7 @@ use crate::config::{EndpointSpec, PoolSpec, ProviderKind};
 
 pub use balance::Hints;
 pub use forward::{
-    Attempt, Delivery, Exchange, Sent, StreamMode, deliver_stream, deliver_whole, send,
+    Attempt, Delivery, Exchange, Sent, StreamMode, client_head, deliver_stream, deliver_whole, send,
 };
 pub use mock::answer as mock_answer;
 
@@ -50,6 +51,8 @@ pub struct Pool {
 #[derive(Debug)]
 pub struct Endpoint {
     pub spec: EndpointSpec,
+    /// The `host` header, made once.
+    host: HeaderValue,
     addrs: Arc<dns::HostAddrs>,
     /// Requests in flight and latency, kept by the request path.
     pub traffic: balance::Traffic,
@@ -95,16 +98,20 @@ impl Endpoint {
         &self.keys
     }
 
-    /// The `host` header: `host[:port]`, the port left out when it is the scheme's.
-    fn host_header(&self) -> String {
-        let spec = &self.spec;
-        let default_port = if spec.tls { 443 } else { 80 };
-        match (spec.host.contains(':'), spec.port == default_port) {
-            (true, true) => format!("[{}]", spec.host),
-            (true, false) => format!("[{}]:{}", spec.host, spec.port),
-            (false, true) => spec.host.clone(),
-            (false, false) => format!("{}:{}", spec.host, spec.port),
-        }
+    /// The `host` header for requests to this endpoint.
+    fn host_header(&self) -> HeaderValue {
+        self.host.clone()
+    }
+}
+
+/// The `host` header: `host[:port]`, the port left out when it is the scheme's.
+fn host_header(spec: &EndpointSpec) -> String {
+    let default_port = if spec.tls { 443 } else { 80 };
+    match (spec.host.contains(':'), spec.port == default_port) {
+        (true, true) => format!("[{}]", spec.host),
+        (true, false) => format!("[{}]:{}", spec.host, spec.port),
+        (false, true) => spec.host.clone(),
+        (false, false) => format!("{}:{}", spec.host, spec.port),
     }
 }
 
@@ -138,7 +145,14 @@ impl Pool {
             .endpoints
             .iter()
             .map(|e| {
-                Arc::new(Endpoint {
+                let host = HeaderValue::try_from(host_header(e)).map_err(|_| {
+                    format!(
+                        "pool `{}`: endpoint `{}`: `{}` cannot be sent as a host header",
+                        spec.name, e.name, e.host
+                    )
+                })?;
+                Ok(Arc::new(Endpoint {
+                    host,
                     spec: e.clone(),
                     addrs: dns::HostAddrs::new(&e.host, e.port, spec.dns_refresh),
                     traffic: balance::Traffic::default(),
@@ -147,9 +161,9 @@ impl Pool {
                     load: load::LoadCell::default(),
                     keys: keys::KeyRing::new(e.api_keys.clone()),
                     resting_until: AtomicU64::new(0),
-                })
+                }))
             })
-            .collect();
+            .collect::<Result<_, String>>()?;
         Ok(Pool {
             balancer: balance::Balancer::new(&spec),
             queue: spec

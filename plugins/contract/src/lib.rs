@@ -25,7 +25,11 @@ pub use secret::Secret;
 pub use store::{Acquire, Acquired, Adjust, Lease, Release, Store, StoreError};
 
 use async_trait::async_trait;
-pub use http::HeaderMap;
+pub use http::{HeaderMap, HeaderName, HeaderValue};
+
+/// A response header a plugin asks for. Name and value are checked when they are made (the
+/// names are constants), so the engine puts them on the response as they are.
+pub type Header = (HeaderName, HeaderValue);
 
 /// What plugins see of a parsed inference request.
 #[derive(Debug, Clone, Copy)]
@@ -52,7 +56,7 @@ pub struct Rejection {
     pub code: &'static str,
     pub message: String,
     /// Extra response headers, e.g. `retry-after`.
-    pub headers: Vec<(&'static str, String)>,
+    pub headers: Vec<Header>,
     /// Why, for the log line and the rejection metric: a short stable label such as
     /// `auth`, `model_not_allowed`, `rate_limit`, `budget`.
     pub reason: &'static str,
@@ -62,7 +66,7 @@ pub struct Rejection {
 #[derive(Default)]
 pub struct Admission {
     /// Response headers to add (e.g. `x-ratelimit-*`).
-    pub headers: Vec<(&'static str, String)>,
+    pub headers: Vec<Header>,
     /// Called once the request is over, to reconcile a reservation.
     pub settle: Option<Box<dyn Settle>>,
 }

@@ -21,8 +21,9 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use tollgate_plugin::{
-    Acquire, Acquired, Adjust, Admission, Clock, Lease, Outcome, Plugin, Principal, Rejection,
-    Release, Request, Settle, Store, StoreError, SystemClock, TokenUsage,
+    Acquire, Acquired, Adjust, Admission, Clock, Header, HeaderName, HeaderValue, Lease, Outcome,
+    Plugin, Principal, Rejection, Release, Request, Settle, Store, StoreError, SystemClock,
+    TokenUsage,
 };
 
 pub use config::{Budget, Dimension, Price, Quota, QuotaError, Quotas, QuotasConfig, Rule, Window};
@@ -546,7 +547,7 @@ impl Inner {
                         amount(current),
                         amount(acquire.amount),
                     ),
-                    headers: vec![("x-should-retry", "false".to_owned())],
+                    headers: vec![do_not_retry()],
                     reason: "budget",
                 }
             }
@@ -604,7 +605,7 @@ impl Plan {
 
 /// `x-ratelimit-*` for the tightest request limit and the tightest token limit (the
 /// fewest remaining), when the request has such limits.
-fn rate_headers(plan: &Plan, values: &[u64], now: u64) -> Vec<(&'static str, String)> {
+fn rate_headers(plan: &Plan, values: &[u64], now: u64) -> Vec<Header> {
     let mut requests: Option<(u64, u64, u64)> = None;
     let mut tokens: Option<(u64, u64, u64)> = None;
     for ((acquire, meta), value) in plan.acquires.iter().zip(&plan.meta).zip(values) {
@@ -619,17 +620,44 @@ fn rate_headers(plan: &Plan, values: &[u64], now: u64) -> Vec<(&'static str, Str
         }
     }
     let mut headers = Vec::new();
-    if let Some((limit, remaining, reset)) = requests {
-        headers.push(("x-ratelimit-limit-requests", limit.to_string()));
-        headers.push(("x-ratelimit-remaining-requests", remaining.to_string()));
-        headers.push(("x-ratelimit-reset-requests", go_duration(reset)));
+    let mut push = |[limit_name, remaining_name, reset_name]: &[HeaderName; 3],
+                    (limit, remaining, reset): (u64, u64, u64)| {
+        headers.push((limit_name.clone(), HeaderValue::from(limit)));
+        headers.push((remaining_name.clone(), HeaderValue::from(remaining)));
+        headers.push((reset_name.clone(), duration_value(reset)));
+    };
+    if let Some(r) = requests {
+        push(&REQUEST_HEADERS, r);
     }
-    if let Some((limit, remaining, reset)) = tokens {
-        headers.push(("x-ratelimit-limit-tokens", limit.to_string()));
-        headers.push(("x-ratelimit-remaining-tokens", remaining.to_string()));
-        headers.push(("x-ratelimit-reset-tokens", go_duration(reset)));
+    if let Some(t) = tokens {
+        push(&TOKEN_HEADERS, t);
     }
     headers
+}
+
+const REQUEST_HEADERS: [HeaderName; 3] = [
+    HeaderName::from_static("x-ratelimit-limit-requests"),
+    HeaderName::from_static("x-ratelimit-remaining-requests"),
+    HeaderName::from_static("x-ratelimit-reset-requests"),
+];
+const TOKEN_HEADERS: [HeaderName; 3] = [
+    HeaderName::from_static("x-ratelimit-limit-tokens"),
+    HeaderName::from_static("x-ratelimit-remaining-tokens"),
+    HeaderName::from_static("x-ratelimit-reset-tokens"),
+];
+const RETRY_AFTER: HeaderName = HeaderName::from_static("retry-after");
+const RETRY_AFTER_MS: HeaderName = HeaderName::from_static("retry-after-ms");
+const SHOULD_RETRY: HeaderName = HeaderName::from_static("x-should-retry");
+
+/// `x-should-retry: false`: waiting will not help.
+fn do_not_retry() -> Header {
+    (SHOULD_RETRY, HeaderValue::from_static("false"))
+}
+
+/// A duration as Go prints it (`1m30s`), as a header value. The text is digits, `.` and
+/// unit letters, which a header value always takes.
+fn duration_value(ms: u64) -> HeaderValue {
+    HeaderValue::try_from(go_duration(ms)).unwrap_or_else(|_| HeaderValue::from(ms))
 }
 
 /// A 429 for a rate limit; `wait_ms` is when it resets, `None` when waiting cannot help.
@@ -638,11 +666,11 @@ fn rate_limited(kind: &'static str, message: String, wait_ms: Option<u64>) -> Re
         Some(ms) => {
             let ms = ms.max(1);
             vec![
-                ("retry-after", ms.div_ceil(1000).max(1).to_string()),
-                ("retry-after-ms", ms.to_string()),
+                (RETRY_AFTER, HeaderValue::from(ms.div_ceil(1000).max(1))),
+                (RETRY_AFTER_MS, HeaderValue::from(ms)),
             ]
         }
-        None => vec![("x-should-retry", "false".to_owned())],
+        None => vec![do_not_retry()],
     };
     Rejection {
         status: 429,
