@@ -10,7 +10,8 @@
 # CPR_STRACE=1 to count syscalls too (slows the run; its CPU figure is then not used),
 # CPR_PERF_RECORD=FILE to record a perf profile of tollgate during the run (CPR_PERF_ARGS
 # adds perf record options, e.g. "--call-graph dwarf,8192" or "-e page-faults"),
-# CPR_PROXY=floor|nginx to measure bench-pingora-floor or nginx in tollgate's place,
+# CPR_PROXY=floor|hyper|nginx to measure bench-pingora-floor, bench-hyper-floor (HYPER_ARGS=
+# --on-pingora: on a Pingora server) or nginx in tollgate's place,
 # CPR_WORK_STEALING=false for Pingora's per-thread runtimes,
 # CPR_EXTRA_YAML='log: {access: off}' to append top-level sections to the config,
 # CPR_POLICY=1 to turn on the harness's policy stack (API key, rpm/tpm/concurrency limits,
@@ -33,6 +34,7 @@ TOLLGATE_BIN="${TOLLGATE_BIN:-$REL/tollgate}"
 UPSTREAM_BIN="${UPSTREAM_BIN:-$REL/bench-upstream}"
 CLIENT_BIN="${CLIENT_BIN:-$REL/bench-client}"
 FLOOR_BIN="${FLOOR_BIN:-$REL/bench-pingora-floor}"
+HYPER_BIN="${HYPER_BIN:-$REL/bench-hyper-floor}"
 DIR="$(mktemp -d /tmp/cpr.XXXXXX)"
 CLK_TCK="$(getconf CLK_TCK)"
 PIDS=()
@@ -127,8 +129,12 @@ tollgate)
     RUST_LOG="${RUST_LOG:-info}" "${VALGRIND[@]}" "$TOLLGATE_BIN" -c "$DIR/tollgate.yaml" >"$DIR/tollgate.out" 2>"$DIR/tollgate.log" &
     ;;
 floor)
-    "$FLOOR_BIN" --route "127.0.0.1:$TG_PORT=127.0.0.1:$MOCK_PORT" \
+    "${VALGRIND[@]}" "$FLOOR_BIN" --route "127.0.0.1:$TG_PORT=127.0.0.1:$MOCK_PORT" \
         --threads "${CPR_THREADS:-2}" ${FLOOR_ARGS:-} >"$DIR/tollgate.out" 2>"$DIR/tollgate.log" &
+    ;;
+hyper)
+    "${VALGRIND[@]}" "$HYPER_BIN" --route "127.0.0.1:$TG_PORT=127.0.0.1:$MOCK_PORT" \
+        --threads "${CPR_THREADS:-2}" ${HYPER_ARGS:-} >"$DIR/tollgate.out" 2>"$DIR/tollgate.log" &
     ;;
 nginx)
     mkdir -p "$DIR/nginx/logs" "$DIR/nginx/tmp"
@@ -155,7 +161,7 @@ http {
 EOF
     nginx -p "$DIR/nginx" -c "$DIR/nginx/nginx.conf" 2>"$DIR/tollgate.log" &
     ;;
-*) echo "CPR_PROXY is tollgate, floor or nginx" >&2; exit 2 ;;
+*) echo "CPR_PROXY is tollgate, floor, hyper or nginx" >&2; exit 2 ;;
 esac
 TG=$!
 PIDS+=("$TG")
@@ -223,8 +229,11 @@ if [ -n "${CPR_CALLGRIND:-}" ]; then
     # The dump taken after the measured requests; the request path is everything the
     # listener's per-connection task runs (tollgate's phases and Pingora's session).
     n=$(( l1 > l0 ? l1 - l0 : REQUESTS ))
+    # Tollgate's request path, and the whole process (any proxy: the floors, for
+    # comparison; it also counts the runtime's idle polling and timers).
     callgrind_annotate --inclusive=yes --threshold=100 "$CPR_CALLGRIND.1" 2>/dev/null |
-        awk -v n="$n" '/HeadDeadlineApp<A> as pingora_core::apps::ServerApp>::process_new::\{\{closure\}\}( \[|$)/ {
+        awk -v n="$n" '/PROGRAM TOTALS/ { gsub(",", "", $1); printf "process instructions/request %.0f\n", $1 / n }
+            /HeadDeadlineApp<A> as pingora_core::apps::ServerApp>::process_new::\{\{closure\}\}( \[|$)/ {
             gsub(",", "", $1); if ($1 + 0 > max + 0) max = $1 + 0 }
-            END { printf "request path instructions/request %.0f (callgrind: %s.1)\n", max / n, FILE }' FILE="$CPR_CALLGRIND"
+            END { if (max) printf "request path instructions/request %.0f (callgrind: %s.1)\n", max / n, FILE }' FILE="$CPR_CALLGRIND"
 fi

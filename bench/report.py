@@ -13,10 +13,14 @@ import shutil
 import sys
 from pathlib import Path
 
-TARGETS = ["direct", "nginx", "pingora", "tollgate"]
-# The targets that are a proxy process of their own; `pingora` is bench-pingora-floor,
-# Pingora's proxy loop with nothing else: the framework's own floor.
-PROXIES = ["nginx", "pingora", "tollgate"]
+TARGETS = ["direct", "nginx", "pingora", "hyper", "tollgate"]
+# The targets that are a proxy process of their own. `pingora` is bench-pingora-floor,
+# Pingora's proxy loop with nothing else: the framework's own floor. `hyper` is
+# bench-hyper-floor --on-pingora: a Pingora server serving hyper's HTTP/1 proxy loop, the
+# floor of the leaner session layer the gateway could move to.
+PROXIES = ["nginx", "pingora", "hyper", "tollgate"]
+# Floors reported as context beside tollgate: target and label.
+FLOORS = [("pingora", "Pingora floor"), ("hyper", "hyper on Pingora floor")]
 WORKLOADS = ["nonstream", "stream"]
 MODES = ["c1", "c16", "c64", "rate"]
 MODE_LABEL = {"c1": "c=1", "c16": "c=16", "c64": "c=64", "rate": "open loop"}
@@ -156,6 +160,37 @@ def peak_mib(hold):
     return max(hold["rss_during_max_mib"], hold.get("hwm_during_mib") or 0.0)
 
 
+def floor_context(result, target, label):
+    """Context lines for one floor: CPU and throughput against nginx and tollgate at
+    c=64, p99 added at c=16, and memory with the streams held open."""
+    lines = []
+    for workload in WORKLOADS:
+        t = find_case(result, "tollgate", workload, "c64")
+        p = find_case(result, target, workload, "c64")
+        n = find_case(result, "nginx", workload, "c64")
+        if t and p and n and p["proxy_cpu_ms_per_req"] and n["proxy_cpu_ms_per_req"]:
+            floor, mine = p["proxy_cpu_ms_per_req"], t["proxy_cpu_ms_per_req"]
+            lines.append(info(
+                f"{label}, {workload} at c=64",
+                f"CPU/request {floor:.4f} ms = {floor / n['proxy_cpu_ms_per_req']:.2f}× nginx; "
+                f"tollgate = {mine / floor:.2f}× the floor ({mine - floor:+.4f} ms); "
+                f"throughput {p['rps'] / n['rps']:.2f}× nginx"))
+    for workload in WORKLOADS:
+        p = find_case(result, target, workload, "c16")
+        d = find_case(result, "direct", workload, "c16")
+        if p and d:
+            lines.append(info(
+                f"{label}, p99 {workload} at c=16",
+                f"{p['p99_ms']:.3f} ms, added {p['p99_ms'] - d['p99_ms']:+.3f} ms over direct"))
+    hold = result["hold_streams"].get(target)
+    if hold and hold.get("rss_during_max_mib") is not None:
+        lines.append(info(
+            f"{label}, open streams",
+            f"{peak_mib(hold):.1f} MiB peak with {hold['held_open_at_release']:,}/"
+            f"{hold['requested']:,} streams open (before {hold['rss_before_mib']:.1f} MiB)"))
+    return lines
+
+
 def budget(result):
     checks = []
     # CPU per request, at the c=64 closed loop (the steadiest, most loaded case) and the
@@ -211,32 +246,10 @@ def budget(result):
                 f"added {t['p99_ms'] - d['p99_ms']:+.3f} ms; p50 added "
                 f"{t['p50_ms'] - d['p50_ms']:+.3f} ms"))
 
-    # Context, not a budget line: the same figures for Pingora's own proxy loop with
-    # nothing on it, which bounds from below what any gateway built on it can reach.
-    for workload in WORKLOADS:
-        t = find_case(result, "tollgate", workload, "c64")
-        p = find_case(result, "pingora", workload, "c64")
-        n = find_case(result, "nginx", workload, "c64")
-        if t and p and n and p["proxy_cpu_ms_per_req"] and n["proxy_cpu_ms_per_req"]:
-            floor, mine = p["proxy_cpu_ms_per_req"], t["proxy_cpu_ms_per_req"]
-            checks.append(info(
-                f"Pingora floor, {workload} at c=64",
-                f"CPU/request {floor:.4f} ms = {floor / n['proxy_cpu_ms_per_req']:.2f}× nginx; "
-                f"tollgate = {mine / floor:.2f}× the floor ({mine - floor:+.4f} ms); "
-                f"throughput {p['rps'] / n['rps']:.2f}× nginx"))
-    for workload in WORKLOADS:
-        p = find_case(result, "pingora", workload, "c16")
-        d = find_case(result, "direct", workload, "c16")
-        if p and d:
-            checks.append(info(
-                f"Pingora floor, p99 {workload} at c=16",
-                f"{p['p99_ms']:.3f} ms, added {p['p99_ms'] - d['p99_ms']:+.3f} ms over direct"))
-    floor_hold = result["hold_streams"].get("pingora")
-    if floor_hold and floor_hold.get("rss_during_max_mib") is not None:
-        checks.append(info(
-            "Pingora floor, open streams",
-            f"{peak_mib(floor_hold):.1f} MiB peak with {floor_hold['held_open_at_release']:,}/"
-            f"{floor_hold['requested']:,} streams open (before {floor_hold['rss_before_mib']:.1f} MiB)"))
+    # Context, not a budget line: the same figures for the floors, proxy loops with
+    # nothing on them, which bound from below what a gateway built on them can reach.
+    for target, label in FLOORS:
+        checks += floor_context(result, target, label)
 
     added = result["ttft_added_ms"].get("tollgate")
     ttft = result["slow_ttft"]
@@ -301,7 +314,10 @@ def markdown(result):
         "contention; CPU ms/request (utime+stime from /proc over the run ÷ responses) is the "
         "steady figure. nginx CPU and RSS are summed over master and workers. `pingora` is "
         "bench-pingora-floor: Pingora's own proxy loop with nothing on it (no body parsing, "
-        "policy, metrics or log), the floor of any gateway built on Pingora.",
+        "policy, metrics or log), the floor of any gateway built on Pingora. `hyper` is "
+        "bench-hyper-floor --on-pingora: a Pingora server (listeners, runtime) serving hyper's "
+        "HTTP/1 proxy loop with nothing on it, the floor of a gateway that keeps Pingora's "
+        "server and replaces its HTTP session layer.",
         "",
         "## Budget",
         "",
@@ -378,7 +394,8 @@ def markdown(result):
 
 # --- chart --------------------------------------------------------------------------------
 
-COLORS = {"direct": "#9e9e9e", "nginx": "#2e7d32", "pingora": "#ef6c00", "tollgate": "#1565c0"}
+COLORS = {"direct": "#9e9e9e", "nginx": "#2e7d32", "pingora": "#ef6c00", "hyper": "#8e24aa",
+          "tollgate": "#1565c0"}
 
 
 def chart(result, path):
@@ -396,13 +413,13 @@ def chart(result, path):
 
     # 1. Latency percentiles: a bar per target, p50 solid, p90 and p99 stacked lighter.
     ax = axes[0]
-    width = 0.2
+    width = 0.8 / len(TARGETS)
     for gi, (w, m) in enumerate(groups):
         for ti, t in enumerate(TARGETS):
             c = find_case(result, t, w, m)
             if not c or c["p50_ms"] is None:
                 continue
-            x = gi + (ti - 1.5) * width
+            x = gi + (ti - (len(TARGETS) - 1) / 2) * width
             ax.bar(x, c["p99_ms"], width, color=COLORS[t], alpha=0.3)
             ax.bar(x, c["p90_ms"], width, color=COLORS[t], alpha=0.55)
             ax.bar(x, c["p50_ms"], width, color=COLORS[t], alpha=1.0,
@@ -422,14 +439,15 @@ def chart(result, path):
             c = find_case(result, t, w, m)
             if not c or c["proxy_cpu_ms_per_req"] is None:
                 continue
-            x = gi + (ti - 1) * width
+            x = gi + (ti - (len(PROXIES) - 1) / 2) * width
             ax.bar(x, c["proxy_cpu_ms_per_req"] * 1000, width, color=COLORS[t],
                    label=t if gi == 0 else None)
             ax.text(x, c["proxy_cpu_ms_per_req"] * 1000, f"{c['proxy_cpu_ms_per_req'] * 1000:.0f}",
                     ha="center", va="bottom", fontsize=8)
         d = find_case(result, "direct", w, m)
         if d and d["mock_cpu_ms_per_req"] is not None:
-            ax.plot([gi - 1.5 * width, gi + 1.5 * width], [d["mock_cpu_ms_per_req"] * 1000] * 2, color="black",
+            half = len(PROXIES) / 2 * width
+            ax.plot([gi - half, gi + half], [d["mock_cpu_ms_per_req"] * 1000] * 2, color="black",
                     linestyle=":", label="mock (direct)" if gi == 0 else None)
     ax.set_xticks(range(len(groups)))
     ax.set_xticklabels([f"{w}\n{MODE_LABEL[m]}" for w, m in groups])
@@ -446,14 +464,14 @@ def chart(result, path):
             c = find_case(result, t, w, m)
             if not c or c["rps"] is None:
                 continue
-            ax.bar(gi + (ti - 1.5) * width, c["rps"], width, color=COLORS[t],
+            ax.bar(gi + (ti - (len(TARGETS) - 1) / 2) * width, c["rps"], width, color=COLORS[t],
                    label=t if gi == 0 else None)
     ax.set_xticks(range(len(closed)))
     ax.set_xticklabels([f"{w}\n{MODE_LABEL[m]}" for w, m in closed])
     ax.set_ylabel("requests / s")
     added = result["ttft_added_ms"]
     note = ", ".join(f"{t} {added[t]['p50']:+.2f}/{added[t]['p99']:+.2f} ms" for t in added)
-    ax.set_title("Throughput, closed loop" + (f"   |   TTFT added over direct (p50/p99): {note}" if note else ""))
+    ax.set_title("Throughput, closed loop" + (f"\nTTFT added over direct (p50/p99): {note}" if note else ""))
     ax.legend(loc="upper left")
     ax.grid(axis="y", alpha=0.3)
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Tollgate's load harness: one command, four cases of the same workload side by side.
+# Tollgate's load harness: one command, five cases of the same workload side by side.
 #
 #   bench/run.sh            full run (~10 minutes), results in bench/results/
 #   bench/run.sh --smoke    quick check (~1-2 minutes), results in bench/results/tmp/
@@ -7,6 +7,8 @@
 #   direct   : oha -> bench-upstream (the floor)
 #   nginx    : oha -> nginx (Debian, bench/nginx/nginx.conf) -> bench-upstream
 #   pingora  : oha -> bench-pingora-floor (Pingora's own proxy loop, nothing else) -> bench-upstream
+#   hyper    : oha -> bench-hyper-floor --on-pingora (a Pingora server serving hyper's HTTP/1
+#              proxy loop, nothing else) -> bench-upstream
 #   tollgate : oha -> tollgate (release, bench/conf/tollgate.yaml) -> bench-upstream
 #
 # Every process it starts is stopped on exit, every run is bounded in time and all
@@ -65,8 +67,8 @@ CHUNKS="${BENCH_CHUNKS:-20}"
 SLOW_DELAY_MS="${BENCH_SLOW_DELAY_MS:-20}"
 SKIP_SETUP="${BENCH_SKIP_SETUP:-0}"
 PORT_OFFSET="${BENCH_PORT_OFFSET:-0}"
-TARGETS=(direct nginx pingora tollgate)
-PROXIES=(nginx pingora tollgate)   # the targets with a process of their own to measure
+TARGETS=(direct nginx pingora hyper tollgate)
+PROXIES=(nginx pingora hyper tollgate)   # the targets with a process of their own to measure
 WORKLOADS=(nonstream stream)
 
 # Pinned tool versions, so runs stay comparable.
@@ -84,11 +86,14 @@ NGINX_HOLD_PORT=$((19203 + PORT_OFFSET))
 FLOOR_FAST_PORT=$((19251 + PORT_OFFSET))
 FLOOR_SLOW_PORT=$((19252 + PORT_OFFSET))
 FLOOR_HOLD_PORT=$((19253 + PORT_OFFSET))
+HYPER_FAST_PORT=$((19271 + PORT_OFFSET))
+HYPER_SLOW_PORT=$((19272 + PORT_OFFSET))
+HYPER_HOLD_PORT=$((19273 + PORT_OFFSET))
 TOLLGATE_PORT=$((19300 + PORT_OFFSET))
 TOLLGATE_ADMIN_PORT=$((19301 + PORT_OFFSET))   # metrics
 ALL_PORTS=("$MOCK_FAST_PORT" "$MOCK_SLOW_PORT" "$MOCK_HOLD_PORT" "$NGINX_FAST_PORT"
     "$NGINX_SLOW_PORT" "$NGINX_HOLD_PORT" "$FLOOR_FAST_PORT" "$FLOOR_SLOW_PORT" "$FLOOR_HOLD_PORT"
-    "$TOLLGATE_PORT" "$TOLLGATE_ADMIN_PORT")
+    "$HYPER_FAST_PORT" "$HYPER_SLOW_PORT" "$HYPER_HOLD_PORT" "$TOLLGATE_PORT" "$TOLLGATE_ADMIN_PORT")
 CHAT_PATH=/v1/chat/completions
 
 TOOLS_DIR="$BENCH_DIR/.tools"
@@ -100,6 +105,7 @@ UPSTREAM_BIN="$TARGET_DIR/release/bench-upstream"
 CLIENT_BIN="$TARGET_DIR/release/bench-client"
 TOLLGATE_BIN="$TARGET_DIR/release/tollgate"
 FLOOR_BIN="$TARGET_DIR/release/bench-pingora-floor"
+HYPER_BIN="$TARGET_DIR/release/bench-hyper-floor"
 
 STAMP="$(date -u +%Y%m%dT%H%M%SZ)"
 RUN_DIR="$BENCH_DIR/results/tmp/$STAMP"    # raw outputs and logs (git-ignored)
@@ -323,6 +329,18 @@ start_floor() {
     wait_for_port "$FLOOR_FAST_PORT" bench-pingora-floor
 }
 
+# hyper's HTTP/1 on a Pingora server: the candidate leaner session layer, same layout.
+start_hyper() {
+    "$HYPER_BIN" --on-pingora --threads 2 \
+        --route "127.0.0.1:$HYPER_FAST_PORT=127.0.0.1:$MOCK_FAST_PORT" \
+        --route "127.0.0.1:$HYPER_SLOW_PORT=127.0.0.1:$MOCK_SLOW_PORT" \
+        --route "127.0.0.1:$HYPER_HOLD_PORT=127.0.0.1:$MOCK_HOLD_PORT" \
+        >"$RUN_DIR/logs/hyper.out" 2>"$RUN_DIR/logs/hyper.log" &
+    HYPER_PID="$!"
+    STARTED_PIDS+=("$HYPER_PID")
+    wait_for_port "$HYPER_FAST_PORT" bench-hyper-floor
+}
+
 start_tollgate() {
     RUST_LOG=info "$TOLLGATE_BIN" -c "$RUN_DIR/tollgate.yaml" \
         >"$RUN_DIR/logs/tollgate.out" 2>"$RUN_DIR/logs/tollgate.log" &
@@ -343,6 +361,7 @@ proxy_pids() {
         direct) ;;
         nginx) nginx_pids ;;
         pingora) echo "$FLOOR_PID" ;;
+        hyper) echo "$HYPER_PID" ;;
         tollgate) echo "$TOLLGATE_PID" ;;
     esac
 }
@@ -360,6 +379,9 @@ target_url() {
         pingora/fast) echo "http://127.0.0.1:$FLOOR_FAST_PORT$CHAT_PATH" ;;
         pingora/slow) echo "http://127.0.0.1:$FLOOR_SLOW_PORT$CHAT_PATH" ;;
         pingora/hold) echo "http://127.0.0.1:$FLOOR_HOLD_PORT$CHAT_PATH" ;;
+        hyper/fast) echo "http://127.0.0.1:$HYPER_FAST_PORT$CHAT_PATH" ;;
+        hyper/slow) echo "http://127.0.0.1:$HYPER_SLOW_PORT$CHAT_PATH" ;;
+        hyper/hold) echo "http://127.0.0.1:$HYPER_HOLD_PORT$CHAT_PATH" ;;
         tollgate/*) echo "http://127.0.0.1:$TOLLGATE_PORT$CHAT_PATH" ;;
     esac
 }
@@ -523,6 +545,7 @@ main() {
     start_mock mock-hold "$MOCK_HOLD_PORT" --chunks 120 --chunk-delay-ms 1000
     start_nginx
     start_floor
+    start_hyper
     start_tollgate
     sleep 1
     machine_json

@@ -21,6 +21,7 @@ use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorType};
 use pingora_http::RequestHeader;
 use pingora_proxy::{ProxyHttp, Session};
+use tollgate_bench::parse_route;
 
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
@@ -39,14 +40,6 @@ struct Args {
     /// Read buffer of each client connection (Pingora's default: 64 KiB; tollgate: 0).
     #[arg(long, default_value_t = 0)]
     l4_read_buffer: usize,
-}
-
-fn parse_route(s: &str) -> Result<(SocketAddr, SocketAddr), String> {
-    let (listen, upstream) = s
-        .split_once('=')
-        .ok_or_else(|| format!("`{s}`: expected LISTEN=UPSTREAM"))?;
-    let parse = |a: &str| a.parse::<SocketAddr>().map_err(|e| format!("`{a}`: {e}"));
-    Ok((parse(listen)?, parse(upstream)?))
 }
 
 struct Floor {
