@@ -538,7 +538,7 @@ main() {
     done
 
     render_configs
-    say "starting mocks, nginx, the Pingora floor and tollgate (run directory $RUN_DIR)"
+    say "starting mocks, nginx, the Pingora and hyper floors and tollgate (run directory $RUN_DIR)"
     start_mock mock-fast "$MOCK_FAST_PORT" --chunks "$CHUNKS"
     MOCK_FAST_PID="$MOCK_PID"
     start_mock mock-slow "$MOCK_SLOW_PORT" --chunks 2 --chunk-delay-ms "$SLOW_DELAY_MS"
