@@ -166,6 +166,8 @@ mod on_pingora {
 
     use async_trait::async_trait;
     use pingora_core::apps::ServerApp;
+    use pingora_core::listeners::ListenerConfig;
+    use pingora_core::protocols::l4::stream::L4BufferSettings;
     use pingora_core::protocols::Stream;
     use pingora_core::server::configuration::{Opt, ServerConf};
     use pingora_core::server::{Server, ShutdownWatch};
@@ -211,7 +213,9 @@ mod on_pingora {
         let app = HyperApp(routes.iter().map(|(l, p)| (l.port(), p.clone())).collect());
         let mut service = Service::new("hyper on pingora".to_owned(), app);
         for (listen, _) in &routes {
-            service.add_tcp(&listen.to_string());
+            // No read buffer under hyper's own (tollgate and the Pingora floor have none).
+            let buffers = L4BufferSettings::default().read(0);
+            service.add_listener(ListenerConfig::tcp(listen.to_string()).l4_buffer(buffers));
         }
         server.add_service(service);
         server.run_forever()
