@@ -167,8 +167,8 @@ mod on_pingora {
     use async_trait::async_trait;
     use pingora_core::apps::ServerApp;
     use pingora_core::listeners::ListenerConfig;
-    use pingora_core::protocols::l4::stream::L4BufferSettings;
     use pingora_core::protocols::Stream;
+    use pingora_core::protocols::l4::stream::L4BufferSettings;
     use pingora_core::server::configuration::{Opt, ServerConf};
     use pingora_core::server::{Server, ShutdownWatch};
     use pingora_core::services::listening::Service;
