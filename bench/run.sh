@@ -317,28 +317,32 @@ start_nginx() {
     wait_for_port "$NGINX_FAST_PORT" nginx
 }
 
-# Pingora's floor: one process, a listener per mock, as nginx has.
-start_floor() {
-    "$FLOOR_BIN" --threads 2 \
-        --route "127.0.0.1:$FLOOR_FAST_PORT=127.0.0.1:$MOCK_FAST_PORT" \
-        --route "127.0.0.1:$FLOOR_SLOW_PORT=127.0.0.1:$MOCK_SLOW_PORT" \
-        --route "127.0.0.1:$FLOOR_HOLD_PORT=127.0.0.1:$MOCK_HOLD_PORT" \
-        >"$RUN_DIR/logs/pingora.out" 2>"$RUN_DIR/logs/pingora.log" &
-    FLOOR_PID="$!"
-    STARTED_PIDS+=("$FLOOR_PID")
-    wait_for_port "$FLOOR_FAST_PORT" bench-pingora-floor
+# A floor: one process with a listener per mock, as nginx has.
+# start_floor_process NAME BIN FAST_PORT SLOW_PORT HOLD_PORT [ARGS...]; sets STARTED_PID.
+start_floor_process() {
+    local name="$1" bin="$2" fast="$3" slow="$4" hold="$5"
+    shift 5
+    "$bin" --threads 2 "$@" \
+        --route "127.0.0.1:$fast=127.0.0.1:$MOCK_FAST_PORT" \
+        --route "127.0.0.1:$slow=127.0.0.1:$MOCK_SLOW_PORT" \
+        --route "127.0.0.1:$hold=127.0.0.1:$MOCK_HOLD_PORT" \
+        >"$RUN_DIR/logs/$name.out" 2>"$RUN_DIR/logs/$name.log" &
+    STARTED_PID="$!"
+    STARTED_PIDS+=("$STARTED_PID")
+    wait_for_port "$fast" "$(basename "$bin")"
 }
 
-# hyper's HTTP/1 on a Pingora server: the candidate leaner session layer, same layout.
+# Pingora's own proxy loop.
+start_floor() {
+    start_floor_process pingora "$FLOOR_BIN" "$FLOOR_FAST_PORT" "$FLOOR_SLOW_PORT" "$FLOOR_HOLD_PORT"
+    FLOOR_PID="$STARTED_PID"
+}
+
+# hyper's HTTP/1 on a Pingora server: the candidate leaner session layer.
 start_hyper() {
-    "$HYPER_BIN" --on-pingora --threads 2 \
-        --route "127.0.0.1:$HYPER_FAST_PORT=127.0.0.1:$MOCK_FAST_PORT" \
-        --route "127.0.0.1:$HYPER_SLOW_PORT=127.0.0.1:$MOCK_SLOW_PORT" \
-        --route "127.0.0.1:$HYPER_HOLD_PORT=127.0.0.1:$MOCK_HOLD_PORT" \
-        >"$RUN_DIR/logs/hyper.out" 2>"$RUN_DIR/logs/hyper.log" &
-    HYPER_PID="$!"
-    STARTED_PIDS+=("$HYPER_PID")
-    wait_for_port "$HYPER_FAST_PORT" bench-hyper-floor
+    start_floor_process hyper "$HYPER_BIN" "$HYPER_FAST_PORT" "$HYPER_SLOW_PORT" "$HYPER_HOLD_PORT" \
+        --on-pingora
+    HYPER_PID="$STARTED_PID"
 }
 
 start_tollgate() {

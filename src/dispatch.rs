@@ -581,9 +581,8 @@ fn hints(pool: &Pool, session: &Session, req: &InferenceRequest) -> Hints {
     }
 }
 
-/// The upstream's response header with the client's status (a translated error's may
-/// differ, e.g. Anthropic's 529 is a 503 to OpenAI clients).
-/// The client's head for an upstream answer, with the status the client gets.
+/// The client's head for an upstream answer, with the status the client gets (a translated
+/// error's may differ, e.g. Anthropic's 529 is a 503 to OpenAI clients).
 fn client_head(
     header: &ResponseHeader,
     status: u16,

@@ -2,6 +2,9 @@
 
 use std::net::SocketAddr;
 
+use pingora_core::server::Server;
+use pingora_core::server::configuration::{Opt, ServerConf};
+
 /// A floor's `--route LISTEN=UPSTREAM`: requests arriving on LISTEN go to UPSTREAM.
 pub fn parse_route(s: &str) -> Result<(SocketAddr, SocketAddr), String> {
     let (listen, upstream) = s
@@ -9,6 +12,23 @@ pub fn parse_route(s: &str) -> Result<(SocketAddr, SocketAddr), String> {
         .ok_or_else(|| format!("`{s}`: expected LISTEN=UPSTREAM"))?;
     let parse = |a: &str| a.parse::<SocketAddr>().map_err(|e| format!("`{a}`: {e}"));
     Ok((parse(listen)?, parse(upstream)?))
+}
+
+/// The Pingora server a floor runs on: `threads` worker threads, no grace period on
+/// shutdown, and its pid file and upgrade socket in /tmp, named after `name` and the first
+/// listening port (so two floors never share them).
+pub fn floor_server(name: &str, first_port: u16, threads: usize) -> Server {
+    let conf = ServerConf {
+        threads,
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(0),
+        pid_file: format!("/tmp/{name}-{first_port}.pid"),
+        upgrade_sock: format!("/tmp/{name}-{first_port}.sock"),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
+    server.bootstrap();
+    server
 }
 
 #[cfg(test)]

@@ -169,9 +169,9 @@ mod on_pingora {
     use pingora_core::listeners::ListenerConfig;
     use pingora_core::protocols::Stream;
     use pingora_core::protocols::l4::stream::L4BufferSettings;
-    use pingora_core::server::configuration::{Opt, ServerConf};
-    use pingora_core::server::{Server, ShutdownWatch};
+    use pingora_core::server::ShutdownWatch;
     use pingora_core::services::listening::Service;
+    use tollgate_bench::floor_server;
 
     use super::{Args, Failure, Proxy, proxies, serve_connection};
 
@@ -199,16 +199,7 @@ mod on_pingora {
 
     pub fn run(args: &Args) -> Result<(), Failure> {
         let first = args.routes[0].0.port();
-        let conf = ServerConf {
-            threads: args.threads,
-            grace_period_seconds: Some(0),
-            graceful_shutdown_timeout_seconds: Some(0),
-            pid_file: format!("/tmp/bench-hyper-floor-{first}.pid"),
-            upgrade_sock: format!("/tmp/bench-hyper-floor-{first}.sock"),
-            ..ServerConf::default()
-        };
-        let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
-        server.bootstrap();
+        let mut server = floor_server("bench-hyper-floor", first, args.threads);
         let routes = proxies(args)?;
         let app = HyperApp(routes.iter().map(|(l, p)| (l.port(), p.clone())).collect());
         let mut service = Service::new("hyper on pingora".to_owned(), app);

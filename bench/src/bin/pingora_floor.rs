@@ -15,13 +15,11 @@ use clap::Parser;
 use pingora_core::listeners::ListenerConfig;
 use pingora_core::modules::http::HttpModules;
 use pingora_core::protocols::l4::stream::L4BufferSettings;
-use pingora_core::server::Server;
-use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorType};
 use pingora_http::RequestHeader;
 use pingora_proxy::{ProxyHttp, Session};
-use tollgate_bench::parse_route;
+use tollgate_bench::{floor_server, parse_route};
 
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
@@ -83,17 +81,7 @@ impl ProxyHttp for Floor {
 
 fn main() {
     let args = Args::parse();
-    let first = args.routes[0].0.port();
-    let conf = ServerConf {
-        threads: args.threads,
-        grace_period_seconds: Some(0),
-        graceful_shutdown_timeout_seconds: Some(0),
-        pid_file: format!("/tmp/bench-pingora-floor-{first}.pid"),
-        upgrade_sock: format!("/tmp/bench-pingora-floor-{first}.sock"),
-        ..ServerConf::default()
-    };
-    let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
-    server.bootstrap();
+    let mut server = floor_server("bench-pingora-floor", args.routes[0].0.port(), args.threads);
     let floor = Floor {
         upstreams: args.routes.iter().map(|(l, u)| (l.port(), *u)).collect(),
         authorization: format!("Bearer {}", args.upstream_key),
