@@ -4,7 +4,7 @@ use std::hint::black_box;
 
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use tollgate::openai::{Api, InferenceRequest, SseParser, Usage};
+use tollgate::openai::{Api, InferenceRequest, SseParser, Usage, append_generated_text};
 
 /// A chat request of about `size` bytes.
 fn chat_body(size: usize) -> Bytes {
@@ -59,14 +59,19 @@ fn sse_parse_with_usage(c: &mut Criterion) {
         b.iter(|| {
             let mut parser = SseParser::new();
             let mut usage = None;
+            let mut text = String::new();
+            // What the gateway does with each event of an accounted stream: look for the
+            // usage, and keep the generated text in case the stream is cut short.
             for chunk in &chunks {
                 parser.feed(black_box(chunk), |data| {
                     if let Some(u) = Usage::find(data) {
                         usage = Some(u);
                     }
+                    append_generated_text(data, &mut text);
                 });
             }
             assert_eq!(usage.map(|u| u.completion_tokens), Some(20));
+            assert!(!text.is_empty());
         })
     });
     group.finish();

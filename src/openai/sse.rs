@@ -102,18 +102,13 @@ pub fn is_usage_only_chunk(payload: &[u8]) -> bool {
 ///
 /// Every event of every accounted stream passes here, and the text is needed only when
 /// a stream ends without usage, so the payload is not parsed as a document: one pass
-/// over its strings appends the string value of each key in [`TEXT_KEYS`]. (Strings are
-/// delimited exactly, escapes included, so a key is never mistaken inside a value.)
-/// Only an escaped value goes through the JSON parser, to unescape it.
+/// over its bytes delimits its strings exactly (escapes included, so a key is never
+/// mistaken inside a value), and the string value of each key in [`TEXT_KEYS`] is
+/// appended. Only an escaped value goes through the JSON parser, to unescape it.
 pub fn append_generated_text(payload: &[u8], out: &mut String) {
-    let mut at = 0;
-    while let Some(q) = memchr::memchr(b'"', &payload[at..]) {
-        let open = at + q;
-        let Some(close) = string_end(payload, open + 1) else {
-            return;
-        };
-        at = close + 1;
-        let after = skip_whitespace(payload, at);
+    let mut marks = StringMarks::new(payload);
+    while let Some((open, close)) = marks.next_string() {
+        let after = skip_whitespace(payload, close + 1);
         if payload.get(after) != Some(&b':') || !TEXT_KEYS.contains(&&payload[open + 1..close]) {
             continue; // a value, or a key whose value is not text
         }
@@ -121,11 +116,12 @@ pub fn append_generated_text(payload: &[u8], out: &mut String) {
         if payload.get(value) != Some(&b'"') {
             continue; // null, a number, an object or an array
         }
-        let Some(value_close) = string_end(payload, value + 1) else {
+        // The value's opening quote is the next mark: only blanks and `:` came between.
+        let Some((value_open, value_close)) = marks.next_string() else {
             return;
         };
-        push_json_string(&payload[value..=value_close], out);
-        at = value_close + 1;
+        debug_assert_eq!(value_open, value);
+        push_json_string(&payload[value_open..=value_close], out);
     }
 }
 
@@ -140,15 +136,40 @@ const TEXT_KEYS: [&[u8]; 5] = [
     b"arguments",
 ];
 
-/// The index of the quote that closes the JSON string whose contents start at `from`.
-fn string_end(json: &[u8], from: usize) -> Option<usize> {
-    let mut at = from;
-    loop {
-        let i = at + memchr::memchr2(b'"', b'\\', json.get(at..)?)?;
-        if json[i] == b'"' {
-            return Some(i);
+/// The strings of a JSON text, in order, from one pass over its bytes. (A chunk's
+/// strings are a few bytes long: a `memchr` search per string, or per quote, costs more
+/// in set-up than a plain loop over them.)
+struct StringMarks<'a> {
+    json: &'a [u8],
+    at: usize,
+}
+
+impl<'a> StringMarks<'a> {
+    fn new(json: &'a [u8]) -> Self {
+        StringMarks { json, at: 0 }
+    }
+
+    /// The indices of the next string's opening and closing quotes; none at the end of
+    /// the text or of an unterminated string.
+    fn next_string(&mut self) -> Option<(usize, usize)> {
+        let json = self.json;
+        let mut i = self.at;
+        while *json.get(i)? != b'"' {
+            i += 1;
         }
-        at = i + 2; // the escaped byte is never a delimiter
+        let open = i;
+        i += 1;
+        loop {
+            match *json.get(i)? {
+                b'"' => {
+                    self.at = i + 1;
+                    return Some((open, i));
+                }
+                // The escaped byte is never a delimiter.
+                b'\\' => i += 2,
+                _ => i += 1,
+            }
+        }
     }
 }
 
