@@ -10,8 +10,7 @@ use std::fs::File;
 use std::io::Write;
 use std::sync::OnceLock;
 
-use pingora_error::Error;
-use pingora_proxy::Session;
+use crate::gateway::Session;
 
 use crate::dispatch::{AttemptRecord, Outcome};
 use crate::handler::RequestCtx;
@@ -31,7 +30,7 @@ thread_local! {
     static BUFFER: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(1024));
 }
 
-pub fn write(session: &Session, e: Option<&Error>, ctx: &RequestCtx) {
+pub fn write(session: &Session, ctx: &RequestCtx) {
     let Some(sink) = SINK.get() else { return };
     let req = session.req_header();
     let f = &ctx.delivery;
@@ -87,10 +86,9 @@ pub fn write(session: &Session, e: Option<&Error>, ctx: &RequestCtx) {
         line.bool("client_gone", f.client_gone);
         line.str("error", error.map_or("", |e| e.code()));
         line.str("error_type", error.map_or("", |e| e.kind()));
-        match (error, e) {
-            (Some(detail), _) => line.text("error_detail", detail),
-            (None, Some(detail)) => line.text("error_detail", detail),
-            (None, None) => line.str("error_detail", ""),
+        match error {
+            Some(detail) => line.text("error_detail", detail),
+            None => line.str("error_detail", ""),
         }
         line.float("elapsed_ms", Some(millis(ctx.started.elapsed())));
         buf.extend_from_slice(b"}\n");

@@ -18,11 +18,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::gateway::Session;
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode, response};
 use pingora_core::connectors::http::Connector;
 use pingora_http::ResponseHeader;
-use pingora_proxy::Session;
 use tokio::time::Instant;
 use tollgate_plugin::Principal;
 
@@ -516,7 +516,7 @@ async fn admit<'a>(
     // Dropping the wait (the client left) leaves the queue at once.
     let waited = tokio::select! {
         waited = ticket.wait(left) => waited,
-        _ = session.as_downstream_mut().read_body_or_idle(true) => return Admitted::ClientGone,
+        _ = session.read_body_or_idle(true) => return Admitted::ClientGone,
     };
     match waited {
         Waited::Slot(slot) => Admitted::Endpoint(slot.endpoint(), Some(slot)),
@@ -671,7 +671,7 @@ async fn pause(session: &mut Session, wait: Duration) -> bool {
     }
     tokio::select! {
         _ = tokio::time::sleep(wait) => true,
-        _ = session.as_downstream_mut().read_body_or_idle(true) => false,
+        _ = session.read_body_or_idle(true) => false,
     }
 }
 

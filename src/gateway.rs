@@ -1,82 +1,124 @@
-//! The Pingora service. Each phase delegates: the request is handled whole in
-//! `request_filter` (see `handler`), and `logging` writes the access log line.
+//! The gateway's HTTP application on Pingora's server: for each request on a downstream
+//! connection, read its head, hand it whole to `handler` (which writes every response
+//! itself), record its metrics and access-log line, and give the connection back for the
+//! next request.
+//!
+//! This is Pingora's `HttpServerApp`, not `pingora_proxy`'s `ProxyHttp`: the gateway uses
+//! none of the proxy's phases, cache or modules, and the proxy's per-request future (all
+//! of its phases in one state machine) was copied into a box for every request and held
+//! for every open stream.
 
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
+use pingora_core::apps::{
+    HttpPersistentSettings, HttpServerApp, HttpServerOptions, ReusedHttpStream,
+};
 use pingora_core::connectors::http::Connector;
-use pingora_core::modules::http::HttpModules;
-use pingora_core::upstreams::peer::HttpPeer;
-use pingora_error::{Error, ErrorType};
-use pingora_proxy::{ProxyHttp, Session};
+use pingora_core::protocols::http::ServerSession;
+use pingora_core::server::ShutdownWatch;
+use pingora_error::ErrorType;
 
 use crate::handler::{self, RequestCtx};
 use crate::state::State;
 
+/// The downstream session a request is handled on.
+pub type Session = ServerSession;
+
 pub struct Gateway {
     state: Arc<ArcSwap<State>>,
     connector: Connector,
+    options: HttpServerOptions,
 }
 
 impl Gateway {
     pub fn new(state: Arc<ArcSwap<State>>, connector: Connector) -> Self {
-        Gateway { state, connector }
+        let mut options = HttpServerOptions::default();
+        // h2 connections: the same idle bound as kept-alive HTTP/1 ones (set per response).
+        options.h2_idle_timeout = Some(state.load().config.limits.idle_timeout);
+        Gateway {
+            state,
+            connector,
+            options,
+        }
     }
 }
 
 #[async_trait]
-impl ProxyHttp for Gateway {
-    type CTX = RequestCtx;
-
-    fn new_ctx(&self) -> RequestCtx {
-        RequestCtx::new()
-    }
-
-    /// None: the gateway writes every response itself and compresses none, and Pingora's
-    /// default (a compression module, disabled) would still be set up for every request and
-    /// run on every write.
-    fn init_downstream_modules(&self, _modules: &mut HttpModules) {}
-
-    async fn request_filter(
-        &self,
-        session: &mut Session,
-        ctx: &mut RequestCtx,
-    ) -> pingora_error::Result<bool> {
+impl HttpServerApp for Gateway {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        mut session: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        if !read_head(&mut session, shutdown).await {
+            return None;
+        }
+        if *shutdown.borrow() {
+            // Shutting down: this is the connection's last request.
+            session.set_keepalive(None);
+        }
         let state = self.state.load_full();
-        handler::handle(&state, &self.connector, session, ctx).await;
-        Ok(true)
-    }
+        let mut ctx = RequestCtx::new();
+        handler::handle(&state, &self.connector, &mut session, &mut ctx).await;
 
-    async fn upstream_peer(
-        &self,
-        _session: &mut Session,
-        _ctx: &mut RequestCtx,
-    ) -> pingora_error::Result<Box<HttpPeer>> {
-        // Every request is answered in `request_filter`; Pingora's own proxy loop is not used.
-        Error::e_explain(
-            ErrorType::InternalError,
-            "requests are answered in request_filter",
-        )
-    }
-
-    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        let state = self.state.load();
         let per_key = state
             .config
             .admin
             .as_ref()
             .is_some_and(|a| a.per_key_metrics);
-        crate::request_metrics::record(ctx, status, per_key);
-        crate::access_log::write(session, e, ctx);
-        keep_alive_for(session, state.config.limits.idle_timeout);
+        crate::request_metrics::record(&ctx, status, per_key);
+        crate::access_log::write(&session, &ctx);
+        keep_alive_for(&mut session, state.config.limits.idle_timeout);
+        drop(ctx);
+
+        let settings = HttpPersistentSettings::for_session(&session);
+        let reusable = session.finish().await.ok().flatten()?;
+        Some(ReusedHttpStream::from_reusable_stream(reusable, settings))
     }
+
+    fn server_options(&self) -> Option<&HttpServerOptions> {
+        Some(&self.options)
+    }
+}
+
+/// Reads the next request head; false when there is none to handle: the connection
+/// closed or broke, the server is shutting down while it waited, or the head was not
+/// HTTP (answered 400) or a `CONNECT` (answered 405), after which the connection closes.
+async fn read_head(session: &mut ServerSession, shutdown: &ShutdownWatch) -> bool {
+    let mut shutdown = shutdown.clone();
+    let read = tokio::select! {
+        // A request already buffered is served, even when shutdown has begun.
+        biased;
+        read = session.read_request() => read,
+        _ = shutdown.wait_for(|down| *down) => return false,
+    };
+    let refuse = match read {
+        Ok(true) if session.req_header().method == http::Method::CONNECT => 405,
+        Ok(true) => return true,
+        Ok(false) => return false,
+        Err(e) if e.etype == ErrorType::InvalidHTTPHeader => {
+            tracing::debug!(error = %e, "Unreadable request head");
+            400
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "Reading a request head failed");
+            session.shutdown().await;
+            return false;
+        }
+    };
+    if let Err(e) = session.respond_error(refuse).await {
+        tracing::debug!(error = %e, "Answering an unreadable request failed");
+    }
+    session.shutdown().await;
+    false
 }
 
 /// Bounds how long a kept-alive HTTP/1 connection may wait for its next request (Pingora
 /// waits forever once a response was sent); a connection that is to close stays so.
-fn keep_alive_for(session: &mut Session, idle: std::time::Duration) {
+fn keep_alive_for(session: &mut ServerSession, idle: std::time::Duration) {
     let secs = idle.as_secs().max(1);
     match session.get_keepalive() {
         Some(current) if current == 0 || current > secs => session.set_keepalive(Some(secs)),

@@ -2,14 +2,14 @@
 //! the body, then hand it to `dispatch`, which finds the upstream that answers.
 //!
 //! Every failure becomes a [`GatewayError`] and is answered in one place,
-//! [`answer_failure`]; the access log line is written later, in the logging phase.
+//! [`answer_failure`]; the access log line is written after, by `gateway`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::gateway::Session;
 use bytes::Bytes;
 use http::HeaderValue;
-use pingora_proxy::Session;
 
 use crate::body::BodyBuf;
 use crate::cache::{self, ResponseCache};
@@ -139,7 +139,7 @@ pub async fn handle(
     ctx.trace = Trace::from_headers(&session.req_header().headers);
     // Bytes of a client's next request that arrive while this one is still answered are
     // kept for it, rather than read as a protocol error while the client is watched.
-    session.as_downstream_mut().set_pipelining_enabled(true);
+    session.set_pipelining_enabled(true);
     if let Err(e) = serve(state, connector, session, ctx).await {
         answer_failure(session, ctx, &e).await;
         ctx.error = Some(e);
@@ -405,7 +405,7 @@ async fn consult_cache(
                     let wait = tokio::time::timeout(cache.coalesce_wait(), f.wait());
                     let waited = tokio::select! {
                         _ = wait => true,
-                        _ = session.as_downstream_mut().read_body_or_idle(true) => false,
+                        _ = session.read_body_or_idle(true) => false,
                     };
                     if !waited {
                         ctx.delivery.client_gone = true;
@@ -483,7 +483,7 @@ async fn serve_hit(
             };
             d.response_bytes = body.len() as u64;
             match respond::sse_start(session, id, &extra).await {
-                Ok(()) => session.write_response_body(Some(body), true).await,
+                Ok(()) => session.write_response_body(body, true).await,
                 Err(e) => Err(e),
             }
         }
@@ -571,7 +571,7 @@ async fn read_body(session: &mut Session, limits: &Limits) -> Result<Bytes, Gate
         .headers
         .get(http::header::EXPECT)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-    let downstream = session.as_downstream_mut();
+    let downstream = &mut *session;
     if expects_continue && !downstream.is_http2() {
         downstream
             .write_continue_response()
@@ -623,8 +623,8 @@ async fn answer_failure(session: &mut Session, ctx: &RequestCtx, e: &GatewayErro
     session.set_keepalive(None);
     if f.event_stream {
         let event = ctx.wire.stream_error(e);
-        let _ = session.write_response_body(Some(event), false).await;
-        let _ = session.write_response_body(None, true).await;
+        let _ = session.write_response_body(event, false).await;
+        let _ = session.write_response_body(Bytes::new(), true).await;
     }
 }
 
@@ -638,7 +638,7 @@ const LINGER_BYTES: usize = 64 * 1024 * 1024;
 /// kernel reset the connection, and the client may then lose the error response it has
 /// not read yet (nginx calls this lingering close). Nothing is kept.
 async fn discard_unread_body(session: &mut Session) {
-    if session.as_downstream_mut().is_body_done() {
+    if session.is_body_done() {
         return;
     }
     let drain = async {

@@ -197,7 +197,7 @@ pub fn redis_error(component: &'static str) {
     METRICS.redis_errors.with_label_values(&[component]).inc();
 }
 
-/// Records a finished request (from the logging phase).
+/// Records a finished request (after its response, beside the access-log line).
 pub fn record(ctx: &RequestCtx, status: u16, per_key: bool) {
     let m = &*METRICS;
     let model = ctx.resolved_model.as_deref().unwrap_or("");

@@ -1,13 +1,13 @@
 //! Writing the gateway's own responses (errors, model lists, mock answers) to the client.
 //! Every response carries `x-request-id`.
 
+use crate::gateway::Session;
 use bytes::Bytes;
 use http::header::{
     ALLOW, CACHE_CONTROL, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING,
 };
 use http::{HeaderValue, StatusCode, response};
 use pingora_error::{ErrorType, OrErr};
-use pingora_proxy::Session;
 
 use crate::adapters::Wire;
 use crate::error::GatewayError;
@@ -55,11 +55,9 @@ pub async fn json_with(
         .insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
     headers::extend(&mut h, extra);
     let head_only = session.req_header().method == http::Method::HEAD;
-    session
-        .write_response_header(headers::finish(h), head_only)
-        .await?;
+    session.write_response_header(headers::finish(h)).await?;
     if !head_only {
-        session.write_response_body(Some(body), true).await?;
+        session.write_response_body(body, true).await?;
     }
     Ok(())
 }
@@ -86,17 +84,15 @@ pub async fn error(
         };
         h.headers.insert(ALLOW, HeaderValue::from_static(allow));
     }
-    if !session.as_downstream_mut().is_body_done() {
+    if !session.is_body_done() {
         // The rest of the body (maybe huge, maybe never coming) is not read: close the
         // connection rather than drain it for the next request.
         h.headers
             .insert(CONNECTION, HeaderValue::from_static("close"));
         session.set_keepalive(None);
     }
-    session
-        .write_response_header(headers::finish(h), false)
-        .await?;
-    session.write_response_body(Some(body), true).await
+    session.write_response_header(headers::finish(h)).await?;
+    session.write_response_body(body, true).await
 }
 
 /// Starts a `text/event-stream` response with `extra` headers.
@@ -106,9 +102,7 @@ pub async fn sse_start(session: &mut Session, request_id: &str, extra: &[Header]
         .insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     headers::extend(&mut h, extra);
     frame_open_ended_body(session, &mut h);
-    session
-        .write_response_header(headers::finish(h), false)
-        .await
+    session.write_response_header(headers::finish(h)).await
 }
 
 /// A body of unknown length (a stream) must be chunked for an HTTP/1.1 client: without
@@ -117,7 +111,7 @@ pub async fn sse_start(session: &mut Session, request_id: &str, extra: &[Header]
 pub fn frame_open_ended_body(session: &Session, h: &mut response::Parts) {
     let sized = h.headers.contains_key(CONTENT_LENGTH);
     let http11 = session.req_header().version == http::Version::HTTP_11;
-    if !sized && http11 && !session.as_downstream().is_http2() {
+    if !sized && http11 && !session.is_http2() {
         h.headers
             .insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
     }
@@ -129,14 +123,12 @@ pub async fn sse_event(session: &mut Session, payload: &[u8]) -> WriteResult {
     event.extend_from_slice(b"data: ");
     event.extend_from_slice(payload);
     event.extend_from_slice(b"\n\n");
-    session
-        .write_response_body(Some(Bytes::from(event)), false)
-        .await
+    session.write_response_body(Bytes::from(event), false).await
 }
 
 /// `data: [DONE]` and the end of the response.
 pub async fn sse_done(session: &mut Session) -> WriteResult {
     session
-        .write_response_body(Some(Bytes::from_static(b"data: [DONE]\n\n")), true)
+        .write_response_body(Bytes::from_static(b"data: [DONE]\n\n"), true)
         .await
 }

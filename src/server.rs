@@ -5,7 +5,6 @@
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use pingora_core::apps::HttpServerOptions;
 use pingora_core::connectors::{ConnectorOptions, http::Connector};
 use pingora_core::listeners::ListenerConfig;
 use pingora_core::listeners::tls::TlsSettings;
@@ -67,17 +66,10 @@ pub fn build(config: Config, source: ConfigSource, mode: StartMode) -> Result<Se
         config,
         registry.clone(),
     )?));
-    let mut proxy = pingora_proxy::http_proxy(
-        &server.configuration,
-        Gateway::new(state.clone(), connector),
-    );
-    let mut options = HttpServerOptions::default();
-    // h2 connections: the same idle bound as kept-alive HTTP/1 ones (set per response).
-    options.h2_idle_timeout = Some(state.load().config.limits.idle_timeout);
-    proxy.server_options = Some(options);
+    let gateway = Gateway::new(state.clone(), connector);
     let mut service = pingora_core::services::listening::Service::new(
         "tollgate".to_owned(),
-        HeadDeadlineApp::new(proxy, state.clone()),
+        HeadDeadlineApp::new(gateway, state.clone()),
     );
     for l in &listeners {
         match &l.tls {

@@ -12,6 +12,7 @@ use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use crate::gateway::Session;
 use bytes::{Bytes, BytesMut};
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST};
 use http::{HeaderValue, StatusCode, response};
@@ -20,7 +21,6 @@ use pingora_core::protocols::http::client::HttpSession;
 use pingora_core::protocols::http::v1;
 use pingora_error::ErrorType;
 use pingora_http::{RequestHeader, ResponseHeader};
-use pingora_proxy::Session;
 use pingora_timeout::fast_timeout::fast_timeout;
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
@@ -189,7 +189,7 @@ pub async fn send(
         // A client that leaves while the upstream is still thinking cancels it too.
         let sent = tokio::select! {
             sent = exchange => sent,
-            _ = session.as_downstream_mut().read_body_or_idle(true) => {
+            _ = session.read_body_or_idle(true) => {
                 return Ok(Sent::ClientGone);
             }
         };
@@ -260,7 +260,7 @@ impl Exchange {
         loop {
             let read = tokio::select! {
                 read = read_chunk(&mut self.conn, pool, t.idle, deadline) => read?,
-                _ = session.as_downstream_mut().read_body_or_idle(true) => return Ok(None),
+                _ = session.read_body_or_idle(true) => return Ok(None),
             };
             let Some(chunk) = read else { break };
             if body.len() + chunk.len() > cap {
@@ -334,16 +334,13 @@ pub async fn deliver_whole(
         .insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
     headers::extend(&mut head, extra);
     out.response_bytes = body.len() as u64;
-    if let Err(e) = session
-        .write_response_header(headers::finish(head), false)
-        .await
-    {
+    if let Err(e) = session.write_response_header(headers::finish(head)).await {
         out.client_gone = true;
         tracing::debug!(request_id, error = %e, "client gone before the response");
         return Ok(());
     }
     out.response_started = true;
-    if let Err(e) = session.write_response_body(Some(body), true).await {
+    if let Err(e) = session.write_response_body(body, true).await {
         tracing::debug!(request_id, error = %e, "client gone during the response");
         out.client_gone = true;
     }
@@ -376,10 +373,7 @@ pub async fn deliver_stream(
     let mut h = client_head(upstream, upstream.status, request_id, extra.len() + 1);
     headers::extend(&mut h, extra);
     crate::respond::frame_open_ended_body(session, &mut h);
-    if let Err(e) = session
-        .write_response_header(headers::finish(h), false)
-        .await
-    {
+    if let Err(e) = session.write_response_header(headers::finish(h)).await {
         tracing::debug!(request_id, error = %e, "client gone before the response");
         out.client_gone = true;
         return Ok(());
@@ -397,7 +391,7 @@ pub async fn deliver_stream(
     loop {
         let read = tokio::select! {
             read = read_chunk(&mut exchange.conn, pool, t.idle, deadline) => read?,
-            _ = session.as_downstream_mut().read_body_or_idle(true) => {
+            _ = session.read_body_or_idle(true) => {
                 out.client_gone = true;
                 return Ok(());
             }
@@ -434,7 +428,7 @@ pub async fn deliver_stream(
                 out.usage = Some(u);
             }
             if !chunk.is_empty()
-                && let Err(e) = session.write_response_body(Some(chunk), false).await
+                && let Err(e) = session.write_response_body(chunk, false).await
             {
                 tracing::debug!(request_id, error = %e, "client gone mid-stream");
                 out.client_gone = true;
@@ -482,7 +476,7 @@ pub async fn deliver_stream(
             None => chunk,
         };
         if !chunk.is_empty()
-            && let Err(e) = session.write_response_body(Some(chunk), false).await
+            && let Err(e) = session.write_response_body(chunk, false).await
         {
             tracing::debug!(request_id, error = %e, "client gone mid-stream");
             out.client_gone = true;
@@ -508,7 +502,7 @@ pub async fn deliver_stream(
             },
         });
     }
-    if let Err(e) = session.write_response_body(None, true).await {
+    if let Err(e) = session.write_response_body(Bytes::new(), true).await {
         tracing::debug!(request_id, error = %e, "client gone at the end of the stream");
         out.client_gone = true;
         return Ok(());

@@ -5,9 +5,9 @@
 
 use std::hash::{Hash, Hasher};
 
+use crate::gateway::Session;
 use base64::Engine;
 use bytes::Bytes;
-use pingora_proxy::Session;
 use serde_json::{Value, json};
 
 use super::Delivery;
@@ -105,7 +105,7 @@ pub async fn answer(
                     Some(a) => {
                         write_translated(session, a, b"[DONE]").await?;
                         session
-                            .write_response_body(None, true)
+                            .write_response_body(Bytes::new(), true)
                             .await
                             .map_err(write_err)
                     }
@@ -141,7 +141,7 @@ async fn write_translated(
         return Ok(());
     }
     session
-        .write_response_body(Some(framed.freeze()), false)
+        .write_response_body(framed.freeze(), false)
         .await
         .map_err(|e| GatewayError::BodyIncomplete(format!("client gone: {e}")))
 }
