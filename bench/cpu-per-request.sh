@@ -17,8 +17,9 @@
 # CPR_POLICY=1 to turn on the harness's policy stack (API key, rpm/tpm/concurrency limits,
 # a USD and a token budget, the admin listener with metrics),
 # CPR_CALLGRIND=FILE to run tollgate under callgrind and print the instructions per request
-# on its request path: a count that repeats exactly from run to run, unlike CPU time on a
-# shared machine (use a few thousand requests; the CPU figure is then not meaningful),
+# on its request path: for non-stream requests a count that repeats from run to run, unlike
+# CPU time on a shared machine (not for streams, whose reads and polls depend on timing; use
+# a few thousand requests; the CPU figure is then not meaningful),
 # TOLLGATE_BIN / UPSTREAM_BIN / CLIENT_BIN to pick binaries (default target/release).
 set -euo pipefail
 
