@@ -10,9 +10,8 @@ use std::fs::File;
 use std::io::Write;
 use std::sync::OnceLock;
 
-use crate::gateway::Session;
-
 use crate::dispatch::{AttemptRecord, Outcome};
+use crate::gateway::Session;
 use crate::handler::RequestCtx;
 
 /// Where access-log lines go; unset (tests, `--validate`): nowhere.

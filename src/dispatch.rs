@@ -18,7 +18,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::gateway::Session;
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode, response};
 use pingora_core::connectors::http::Connector;
@@ -30,6 +29,7 @@ use crate::adapters::Translation;
 use crate::catalog::Resolved;
 use crate::config::{HashSource, Strategy};
 use crate::error::GatewayError;
+use crate::gateway::Session;
 use crate::handler::RequestCtx;
 use crate::headers::{
     self, Header, X_TOLLGATE_ATTEMPTS, X_TOLLGATE_ENDPOINT, X_TOLLGATE_MODEL, X_TOLLGATE_POOL,

@@ -72,6 +72,8 @@ impl HttpServerApp for Gateway {
         crate::request_metrics::record(&ctx, status, per_key);
         crate::access_log::write(&session, &ctx);
         keep_alive_for(&mut session, state.config.limits.idle_timeout);
+        // What the request held is let go before finishing the connection, which may
+        // wait on the client (draining an unread body).
         drop(ctx);
 
         let settings = HttpPersistentSettings::for_session(&session);

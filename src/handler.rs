@@ -7,13 +7,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::gateway::Session;
 use bytes::Bytes;
 use http::HeaderValue;
 
 use crate::body::BodyBuf;
 use crate::cache::{self, ResponseCache};
 use crate::config::Limits;
+use crate::gateway::Session;
 use tollgate_plugin::{Outcome, Principal, Request as PluginRequest, Settle, TokenUsage};
 
 use crate::adapters::Wire;
@@ -571,9 +571,8 @@ async fn read_body(session: &mut Session, limits: &Limits) -> Result<Bytes, Gate
         .headers
         .get(http::header::EXPECT)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-    let downstream = &mut *session;
-    if expects_continue && !downstream.is_http2() {
-        downstream
+    if expects_continue && !session.is_http2() {
+        session
             .write_continue_response()
             .await
             .map_err(|e| GatewayError::BodyIncomplete(format!("writing 100-continue: {e}")))?;
@@ -581,7 +580,7 @@ async fn read_body(session: &mut Session, limits: &Limits) -> Result<Bytes, Gate
 
     let read_all = async {
         let mut body = BodyBuf::with_size_hint(declared.unwrap_or(0));
-        while let Some(chunk) = downstream
+        while let Some(chunk) = session
             .read_request_body()
             .await
             .map_err(|e| GatewayError::BodyIncomplete(e.to_string()))?

@@ -1,7 +1,6 @@
 //! Writing the gateway's own responses (errors, model lists, mock answers) to the client.
 //! Every response carries `x-request-id`.
 
-use crate::gateway::Session;
 use bytes::Bytes;
 use http::header::{
     ALLOW, CACHE_CONTROL, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING,
@@ -11,6 +10,7 @@ use pingora_error::{ErrorType, OrErr};
 
 use crate::adapters::Wire;
 use crate::error::GatewayError;
+use crate::gateway::Session;
 use crate::headers::{self, Header};
 
 pub type WriteResult = pingora_error::Result<()>;

@@ -106,8 +106,8 @@ pub fn is_usage_only_chunk(payload: &[u8]) -> bool {
 /// mistaken inside a value), and the string value of each key in [`TEXT_KEYS`] is
 /// appended. Only an escaped value goes through the JSON parser, to unescape it.
 pub fn append_generated_text(payload: &[u8], out: &mut String) {
-    let mut marks = StringMarks::new(payload);
-    while let Some((open, close)) = marks.next_string() {
+    let mut strings = JsonStrings::new(payload);
+    while let Some((open, close)) = strings.next_string() {
         let after = skip_whitespace(payload, close + 1);
         if payload.get(after) != Some(&b':') || !TEXT_KEYS.contains(&&payload[open + 1..close]) {
             continue; // a value, or a key whose value is not text
@@ -116,8 +116,8 @@ pub fn append_generated_text(payload: &[u8], out: &mut String) {
         if payload.get(value) != Some(&b'"') {
             continue; // null, a number, an object or an array
         }
-        // The value's opening quote is the next mark: only blanks and `:` came between.
-        let Some((value_open, value_close)) = marks.next_string() else {
+        // The value is the next string: only blanks and `:` came between.
+        let Some((value_open, value_close)) = strings.next_string() else {
             return;
         };
         debug_assert_eq!(value_open, value);
@@ -139,14 +139,14 @@ const TEXT_KEYS: [&[u8]; 5] = [
 /// The strings of a JSON text, in order, from one pass over its bytes. (A chunk's
 /// strings are a few bytes long: a `memchr` search per string, or per quote, costs more
 /// in set-up than a plain loop over them.)
-struct StringMarks<'a> {
+struct JsonStrings<'a> {
     json: &'a [u8],
     at: usize,
 }
 
-impl<'a> StringMarks<'a> {
+impl<'a> JsonStrings<'a> {
     fn new(json: &'a [u8]) -> Self {
-        StringMarks { json, at: 0 }
+        JsonStrings { json, at: 0 }
     }
 
     /// The indices of the next string's opening and closing quotes; none at the end of

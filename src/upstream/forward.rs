@@ -12,7 +12,6 @@ use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use crate::gateway::Session;
 use bytes::{Bytes, BytesMut};
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST};
 use http::{HeaderValue, StatusCode, response};
@@ -31,6 +30,7 @@ use crate::adapters::{ClientEvent, StreamAdapter, Wire};
 use crate::body::BodyBuf;
 use crate::config::Secret;
 use crate::error::GatewayError;
+use crate::gateway::Session;
 use crate::headers::{self, Header, TRACEPARENT, X_REQUEST_ID, X_UPSTREAM_REQUEST_ID};
 use crate::openai::{Api, SseParser, Usage, append_generated_text, is_usage_only_chunk, put_event};
 use crate::request_metrics::StreamTimer;

@@ -5,7 +5,6 @@
 
 use std::hash::{Hash, Hasher};
 
-use crate::gateway::Session;
 use base64::Engine;
 use bytes::Bytes;
 use serde_json::{Value, json};
@@ -15,6 +14,7 @@ use super::Pool;
 use crate::adapters::anthropic::{self, client::StreamToAnthropic};
 use crate::adapters::{StreamAdapter, Wire};
 use crate::error::GatewayError;
+use crate::gateway::Session;
 use crate::openai::{Api, InferenceRequest, Usage, unix_now};
 use crate::respond;
 
