@@ -157,10 +157,29 @@ prices:
     });
 }
 
+/// Counting a prompt's or a cut stream's tokens (`o200k_base`): prose and code, and one
+/// piece longer than any token (a run of one letter), which only merging can count.
+fn token_count(c: &mut Criterion) {
+    let prose = concat!(
+        include_str!("../../README.md"),
+        include_str!("../../src/tokens/mod.rs")
+    );
+    let run = "a".repeat(10_000);
+    let mut group = c.benchmark_group("token_count_o200k");
+    for (name, text) in [("prose_and_code", prose), ("one_long_piece", run.as_str())] {
+        group.throughput(Throughput::Bytes(text.len() as u64));
+        group.bench_function(name, |b| {
+            b.iter(|| tollgate::tokens::count(black_box(text)))
+        });
+    }
+    group.finish();
+}
+
 criterion_group!(
     benches,
     parse_and_rewrite,
     sse_parse_with_usage,
+    token_count,
     key_lookup,
     limiter_check
 );

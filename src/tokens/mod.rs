@@ -6,6 +6,8 @@
 //! so the cheap bound comes first: a byte-level BPE token is at least one byte, so a
 //! request whose input bytes plus `max_tokens` fit a window fits it for sure.
 
+mod bpe;
+
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -55,11 +57,10 @@ pub fn estimate(req: &InferenceRequest) -> u64 {
     bytes_estimate(req.input())
 }
 
-/// Tokens of a text (`o200k_base`).
+/// Tokens of a text (`o200k_base`); estimated from its bytes should the vocabulary be
+/// missing.
 pub fn count(text: &str) -> u64 {
-    tiktoken_rs::o200k_base_singleton()
-        .encode_ordinary(text)
-        .len() as u64
+    bpe::count_o200k(text).map_or_else(|| bytes_estimate(text.as_bytes()), |n| n as u64)
 }
 
 /// About four bytes a token, for input that could not be read.
