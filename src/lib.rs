@@ -5,10 +5,11 @@
 //! service, `gateway`, hands each request to `handler`; `upstream` forwards to real
 //! endpoints or answers with the built-in mock; `openai` holds the wire format, `error`
 //! the one error type, `respond` the gateway's own responses; `adapters` translate
-//! between the client's wire format and a pool's (Anthropic's Messages API); `reload` swaps in a new
-//! state on SIGHUP or a change of the config file. `cache` is the response
-//! cache, `store` the shared state (Redis) behind limits and the cache, `metrics` the
-//! Prometheus registry.
+//! between the client's wire format and a pool's (Anthropic's Messages API); `reload`
+//! swaps in a new state on SIGHUP or a change of the config file. `cache` is the response
+//! cache, `store` the shared state (Redis) behind limits and the cache, `tokens` counts
+//! tokens (`o200k_base`) for context-window checks and for streams cut short, `metrics`
+//! is the Prometheus registry.
 #![cfg_attr(
     not(test),
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
