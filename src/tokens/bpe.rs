@@ -1,12 +1,12 @@
-//! Counting the tokens of a text in the `o200k_base` encoding, with the vocabulary held
-//! in 3.3 MiB instead of the 30-odd MiB `tiktoken_rs::CoreBPE` keeps.
+//! Counting the tokens of a text in the `o200k_base` encoding, from a vocabulary table of
+//! 2.2 MiB built into the binary (by build.rs, out of tiktoken-rs) and a 1.3 MiB hash
+//! table made from it at the first count.
 //!
 //! The vocabulary, the split pattern and the merge rule are tiktoken's; only the table
-//! differs. `CoreBPE` keeps every token three times (an encoder map, a decoder map and a
-//! sorted list, each entry its own allocation), where counting needs one lookup from
-//! bytes to rank. Here the tokens' bytes sit end to end in one buffer, and a hash table
-//! of ranks points into it. The vocabulary is read once out of tiktoken-rs and its
-//! `CoreBPE` dropped.
+//! differs. tiktoken-rs's `CoreBPE` parses a 3.6 MB base64 file at start and keeps every
+//! token three times (an encoder map, a decoder map and a sorted list, each entry its own
+//! allocation), about 30 MiB, where counting needs one lookup from bytes to rank. Here the
+//! tokens' bytes sit end to end in the binary, and a hash table of ranks points into them.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -14,34 +14,29 @@ use std::sync::LazyLock;
 
 use fancy_regex::Regex;
 use hashbrown::HashTable;
-use tiktoken_rs::Rank;
 use xxhash_rust::xxh3::xxh3_64;
 
-/// Ranks `0..O200K_TOKENS` are `o200k_base`'s ordinary tokens; its special tokens come
-/// after them and are never produced from text.
-const O200K_TOKENS: Rank = 199_998;
+/// A token's number in the vocabulary (merges take the lowest first).
+type Rank = u32;
 
-/// `None` if the vocabulary could not be read (logged once; counts are estimated then).
+/// `o200k_base`'s ordinary tokens, in rank order, end to end.
+static O200K_BYTES: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/o200k.bytes"));
+/// Where each of them ends in `O200K_BYTES`, as little-endian u32s.
+static O200K_ENDS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/o200k.ends"));
+static O200K_PATTERN: &str = include_str!(concat!(env!("OUT_DIR"), "/o200k.pattern"));
+
+/// `None` if the pattern did not compile or the table is inconsistent (logged once;
+/// counts are estimated then).
 static O200K: LazyLock<Option<Encoding>> = LazyLock::new(|| {
-    load_o200k()
+    Encoding::new(O200K_PATTERN, O200K_BYTES, O200K_ENDS)
         .inspect_err(|e| {
-            tracing::error!(error = %e, "The o200k_base vocabulary did not load; counts are estimated");
+            tracing::error!(error = %e, "The o200k_base encoding did not load; counts are estimated");
         })
         .ok()
 });
 
-fn load_o200k() -> Result<Encoding, String> {
-    let bpe = tiktoken_rs::o200k_base().map_err(|e| e.to_string())?;
-    let pattern = Regex::new(tiktoken_rs::O200K_BASE_PAT_STR).map_err(|e| e.to_string())?;
-    let tokens = (0..O200K_TOKENS).map(|rank| {
-        bpe.decode_bytes(&[rank])
-            .map_err(|e| format!("o200k_base has no rank {rank}: {e}"))
-    });
-    Encoding::new(pattern, tokens)
-}
-
-/// Tokens of `text` in `o200k_base`, as `encode_ordinary(text).len()` would count them;
-/// `None` if the vocabulary is not there.
+/// Tokens of `text` in `o200k_base`, as tiktoken's `encode_ordinary(text).len()` counts
+/// them; `None` if the encoding is not there.
 pub fn count_o200k(text: &str) -> Option<usize> {
     O200K.as_ref().map(|encoding| encoding.count(text))
 }
@@ -51,7 +46,7 @@ pub fn count_o200k(text: &str) -> Option<usize> {
 struct Encoding {
     pattern: Regex,
     /// Every token's bytes, in rank order, end to end.
-    bytes: Box<[u8]>,
+    bytes: &'static [u8],
     /// Where each rank's bytes end in `bytes` (they start where the rank before ends).
     ends: Box<[u32]>,
     /// Ranks, found by the hash of their bytes.
@@ -59,21 +54,23 @@ struct Encoding {
 }
 
 impl Encoding {
-    /// The encoding whose rank `r` is the `r`-th of `tokens`.
-    fn new(
-        pattern: Regex,
-        tokens: impl Iterator<Item = Result<Vec<u8>, String>>,
-    ) -> Result<Encoding, String> {
-        let mut bytes = Vec::new();
-        let mut ends = Vec::new();
-        for token in tokens {
-            bytes.extend_from_slice(&token?);
-            ends.push(u32::try_from(bytes.len()).map_err(|_| "a vocabulary over 4 GiB")?);
+    /// The encoding that splits text with `pattern` and whose rank `r` is the `r`-th
+    /// token of `bytes`, ending at the `r`-th of `ends` (little-endian u32s).
+    fn new(pattern: &str, bytes: &'static [u8], ends: &[u8]) -> Result<Encoding, String> {
+        let pattern = Regex::new(pattern).map_err(|e| e.to_string())?;
+        let ends: Box<[u32]> = ends
+            .chunks_exact(4)
+            .map(|end| u32::from_le_bytes([end[0], end[1], end[2], end[3]]))
+            .collect();
+        let consistent =
+            ends.is_sorted() && ends.last().map(|&end| end as usize) == Some(bytes.len());
+        if !consistent {
+            return Err("the vocabulary table is inconsistent".into());
         }
         let mut encoding = Encoding {
             pattern,
-            bytes: bytes.into_boxed_slice(),
-            ends: ends.into_boxed_slice(),
+            bytes,
+            ends,
             ranks: HashTable::new(),
         };
         let mut ranks = HashTable::with_capacity(encoding.ends.len());
