@@ -110,7 +110,8 @@ impl Encoding {
                     // The pattern's look-ahead backtracks; past its limit the rest of the
                     // text is estimated, as unreadable input is elsewhere.
                     tracing::warn!(error = %e, "Token count: the text could not be split; the rest is estimated");
-                    return tokens + (text.len() - counted).div_ceil(4);
+                    let rest = super::bytes_estimate(&text.as_bytes()[counted..]);
+                    return tokens + rest as usize;
                 }
             }
         }
@@ -122,10 +123,13 @@ impl Encoding {
     /// as long as some adjacent pair is a token. A heap keeps it O(n log n) on pieces of
     /// any length (a run of one letter is one piece).
     fn piece_tokens(&self, piece: &[u8]) -> usize {
-        if piece.len() <= 1 || self.rank(piece).is_some() {
-            return piece.len().min(1);
-        }
         let n = piece.len();
+        if n <= 1 {
+            return n;
+        }
+        if self.rank(piece).is_some() {
+            return 1;
+        }
         // The parts, as a linked list over their start offsets; `pair[i]` is the rank of
         // the part starting at `i` joined with the next one (`Rank::MAX`: not a token, or
         // `i` no longer starts a part).
@@ -135,10 +139,10 @@ impl Encoding {
         let mut heap = BinaryHeap::new();
         let consider =
             |pair: &mut [Rank], heap: &mut BinaryHeap<Reverse<(Rank, usize)>>, start, end| {
-                let rank = match end <= n {
-                    true => self.rank(&piece[start..end]).unwrap_or(Rank::MAX),
-                    false => Rank::MAX,
-                };
+                let rank = piece
+                    .get(start..end)
+                    .and_then(|joined| self.rank(joined))
+                    .unwrap_or(Rank::MAX);
                 pair[start] = rank;
                 if rank != Rank::MAX {
                     heap.push(Reverse((rank, start)));
@@ -160,7 +164,8 @@ impl Encoding {
             }
             pair[right] = Rank::MAX;
             parts -= 1;
-            let after = if end < n { next[end] } else { n + 1 };
+            // The merged part joined with the one after it (none after the last part).
+            let after = next.get(end).map_or(n + 1, |&after| after);
             consider(&mut pair, &mut heap, left, after);
             if left > 0 {
                 consider(&mut pair, &mut heap, prev[left], end);
