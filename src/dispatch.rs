@@ -18,9 +18,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::upstream::Connector;
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode, response};
-use pingora_core::connectors::http::Connector;
 use pingora_http::ResponseHeader;
 use tokio::time::Instant;
 use tollgate_plugin::Principal;

@@ -130,7 +130,7 @@ impl Default for RequestCtx {
 /// gone) when this returns.
 pub async fn handle(
     state: &Arc<State>,
-    connector: &pingora_core::connectors::http::Connector,
+    connector: &crate::upstream::Connector,
     session: &mut Session,
     ctx: &mut RequestCtx,
 ) {
@@ -250,7 +250,7 @@ impl std::fmt::Debug for Settles {
 
 async fn serve(
     state: &State,
-    connector: &pingora_core::connectors::http::Connector,
+    connector: &crate::upstream::Connector,
     session: &mut Session,
     ctx: &mut RequestCtx,
 ) -> Result<(), GatewayError> {
@@ -321,7 +321,7 @@ async fn serve(
 
 async fn infer(
     state: &State,
-    connector: &pingora_core::connectors::http::Connector,
+    connector: &crate::upstream::Connector,
     session: &mut Session,
     ctx: &mut RequestCtx,
     api: Api,

@@ -6,9 +6,9 @@
 
 use std::sync::{Arc, Weak};
 
+use crate::upstream::Connector;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
-use pingora_core::connectors::http::Connector;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 use tokio::sync::Notify;

@@ -4,8 +4,9 @@
 
 use std::sync::Arc;
 
+use crate::upstream::Connector;
 use arc_swap::ArcSwap;
-use pingora_core::connectors::{ConnectorOptions, http::Connector};
+use pingora_core::connectors::ConnectorOptions;
 use pingora_core::listeners::ListenerConfig;
 use pingora_core::listeners::tls::TlsSettings;
 use pingora_core::protocols::l4::stream::L4BufferSettings;

@@ -197,6 +197,7 @@ pub struct ServerSection {
     pub pid_file: Option<String>,
     pub upgrade_sock: Option<String>,
     pub error_log: Option<String>,
+    /// Idle upstream connections kept per endpoint address (default 128).
     pub upstream_keepalive_pool_size: Option<usize>,
 }
 

@@ -4,18 +4,18 @@
 //! ([`deliver_stream`]). Choosing between them, and between attempts, is `dispatch`'s.
 //!
 //! The gateway reads the request body itself (to route on `model`), so it also drives the
-//! upstream side itself, through Pingora's pooled connector, instead of Pingora's proxy
-//! loop, whose body replay stops at 64 KiB. Bodies of any size up to the configured limit
-//! take the same path.
+//! upstream side itself, over connections from its own [`Connector`](super::Connector),
+//! instead of Pingora's proxy loop, whose body replay stops at 64 KiB. Bodies of any size
+//! up to the configured limit take the same path.
 
 use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use crate::upstream::Connector;
 use bytes::{Bytes, BytesMut};
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST};
 use http::{HeaderValue, StatusCode, response};
-use pingora_core::connectors::http::Connector;
 use pingora_core::protocols::http::client::HttpSession;
 use pingora_core::protocols::http::v1;
 use pingora_error::ErrorType;
@@ -285,7 +285,7 @@ impl Exchange {
             Box::pin(async move {
                 let Exchange { conn, peer, .. } = *self;
                 connector
-                    .release_http_session(conn, &peer, Some(POOLED_IDLE))
+                    .release_http_session(conn, &peer, POOLED_IDLE)
                     .await;
             })
             .await;

@@ -9,7 +9,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 
-use pingora_core::connectors::http::Connector;
+use crate::upstream::Connector;
 use pingora_core::protocols::http::client::HttpSession;
 use pingora_http::RequestHeader;
 use tokio::task::JoinSet;
@@ -202,9 +202,7 @@ async fn exchange(
         }
     }
     if read <= MAX_PROBE_BODY && conn.response_done() {
-        connector
-            .release_http_session(conn, &peer, Some(keep))
-            .await;
+        connector.release_http_session(conn, &peer, keep).await;
     }
     // A throttled endpoint is alive: rate limits are the request path's business.
     if status.is_success() || status == 429 {

@@ -9,8 +9,8 @@
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use crate::upstream::Connector;
 use arc_swap::ArcSwapOption;
-use pingora_core::connectors::http::Connector;
 use pingora_http::RequestHeader;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior};
@@ -285,9 +285,7 @@ async fn scrape(
     if session.response_done() {
         // Kept for the next round, a little longer than the interval.
         let idle = pool.spec.balance.load.scrape_interval * 2;
-        connector
-            .release_http_session(session, &peer, Some(idle))
-            .await;
+        connector.release_http_session(session, &peer, idle).await;
     }
     parse_metrics(&String::from_utf8_lossy(&body)).ok_or(ScrapeError::Unparsable)
 }

@@ -3,13 +3,14 @@
 //! A [`Pool`] is built from its config and owns what must live as long as the config:
 //! its endpoints with their DNS, health, breaker, load and credential state, and the CA
 //! store for TLS. `balance` picks an endpoint, `forward` carries one attempt to it and
-//! the answer back, `mock` answers in-process for `mock` pools, `queue` holds requests
-//! back while every endpoint is at capacity. Background loops (`health`, `load`) watch
+//! the answer back over a connection from `connector`, `mock` answers in-process for
+//! `mock` pools, `queue` holds requests back while every endpoint is at capacity. Background loops (`health`, `load`) watch
 //! the endpoints while the pool lives.
 
 pub mod balance;
 pub mod breaker;
 mod clock;
+mod connector;
 mod dns;
 mod forward;
 pub mod health;
@@ -32,6 +33,7 @@ use pingora_core::upstreams::peer::HttpPeer;
 use crate::config::{EndpointSpec, PoolSpec, ProviderKind};
 
 pub use balance::Hints;
+pub use connector::Connector;
 pub use forward::{
     Attempt, Delivery, Exchange, Sent, StreamMode, client_head, deliver_stream, deliver_whole, send,
 };
