@@ -134,7 +134,10 @@ pub async fn handle(
     session: &mut Session,
     ctx: &mut RequestCtx,
 ) {
-    ctx.internal_id = uuid::Uuid::new_v4().simple().to_string();
+    ctx.internal_id = uuid::Uuid::new_v4()
+        .simple()
+        .encode_lower(&mut uuid::Uuid::encode_buffer())
+        .to_owned();
     ctx.request_id = request_id(session, &ctx.internal_id);
     ctx.trace = Trace::from_headers(&session.req_header().headers);
     // Bytes of a client's next request that arrive while this one is still answered are

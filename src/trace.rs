@@ -38,7 +38,14 @@ impl Trace {
 
     /// The `traceparent` header for an upstream request.
     pub fn traceparent(&self) -> String {
-        format!("00-{}-{}-{:02x}", self.trace_id, self.span_id, self.flags)
+        let mut out = String::with_capacity(55);
+        out.push_str("00-");
+        out.push_str(&self.trace_id);
+        out.push('-');
+        out.push_str(&self.span_id);
+        out.push('-');
+        push_hex(&mut out, u64::from(self.flags), 2);
+        out
     }
 }
 
@@ -69,12 +76,20 @@ fn parse(value: &str) -> Option<(String, u8)> {
 
 /// `words` random 64-bit words in hex, never all zero (an all-zero id is invalid).
 fn random_hex(words: usize) -> String {
-    use std::fmt::Write;
     let mut out = String::with_capacity(words * 16);
     for _ in 0..words {
-        let _ = write!(out, "{:016x}", fastrand::u64(1..));
+        push_hex(&mut out, fastrand::u64(1..), 16);
     }
     out
+}
+
+/// The low `digits` hex digits of `value`, lower case, zero-padded (a per-request path:
+/// no formatter).
+fn push_hex(out: &mut String, value: u64, digits: u32) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for i in (0..digits).rev() {
+        out.push(char::from(HEX[(value >> (i * 4)) as usize & 0xf]));
+    }
 }
 
 #[cfg(test)]
@@ -85,6 +100,25 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("traceparent", value.parse().unwrap());
         Trace::from_headers(&h)
+    }
+
+    #[test]
+    fn hex_digits_match_the_formatter() {
+        for v in [
+            0,
+            1,
+            0xab,
+            u64::MAX,
+            0x0123_4567_89ab_cdef,
+            fastrand::u64(..),
+        ] {
+            let mut s = String::new();
+            push_hex(&mut s, v, 16);
+            assert_eq!(s, format!("{v:016x}"));
+        }
+        let mut s = String::new();
+        push_hex(&mut s, 0x3, 2);
+        assert_eq!(s, "03");
     }
 
     #[test]

@@ -75,7 +75,10 @@ impl Wire {
         match self {
             Wire::OpenAi => {
                 if let Some(key) = key {
-                    headers.insert(AUTHORIZATION, secret(format!("Bearer {}", key.expose()))?);
+                    let mut value = String::with_capacity(7 + key.expose().len());
+                    value.push_str("Bearer ");
+                    value.push_str(key.expose());
+                    headers.insert(AUTHORIZATION, secret(value)?);
                 }
             }
             Wire::Anthropic => {

@@ -712,8 +712,13 @@ fn request_header(
     key: Option<&Secret>,
 ) -> Result<RequestHeader, GatewayError> {
     let spec = &a.endpoint.spec;
-    let mut path = format!("{}{}", spec.base_path, a.wire.path(a.api));
-    if let Some(query) = client.uri.query() {
+    let tail = a.wire.path(a.api);
+    let query = client.uri.query();
+    let mut path =
+        String::with_capacity(spec.base_path.len() + tail.len() + query.map_or(0, |q| q.len() + 1));
+    path.push_str(&spec.base_path);
+    path.push_str(tail);
+    if let Some(query) = query {
         path.push('?');
         path.push_str(query);
     }
