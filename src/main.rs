@@ -17,10 +17,15 @@ use tollgate::server::{self, StartMode};
 static GLOBAL: Jemalloc = Jemalloc;
 
 /// jemalloc settings read at startup: purge freed memory from a background thread, after
-/// a short decay, so RSS falls back once a peak has passed.
+/// a short decay, so RSS falls back once a peak has passed; and keep freed blocks of up to
+/// 64 KiB in the thread's cache (default: 32 KiB). Pingora gives each HTTP/1 body reader a
+/// 64 KiB buffer, two per request (the client's body and the upstream's): from the cache
+/// they cost a few dozen instructions instead of a trip to the arena (2.4% of a non-stream
+/// request's instructions, about 5% of its CPU time).
 #[allow(non_upper_case_globals)]
 #[unsafe(export_name = "_rjem_malloc_conf")]
-pub static malloc_conf: &[u8] = b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:1000\0";
+pub static malloc_conf: &[u8] =
+    b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:1000,tcache_max:65536\0";
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
