@@ -21,7 +21,7 @@ impl Trace {
             .get("traceparent")
             .and_then(|v| v.to_str().ok())
             .and_then(parse);
-        let span_id = random_hex(1);
+        let span_id = random_hex::<1>();
         match given {
             Some((trace_id, flags)) => Trace {
                 trace_id,
@@ -29,7 +29,7 @@ impl Trace {
                 flags,
             },
             None => Trace {
-                trace_id: random_hex(2),
+                trace_id: random_hex::<2>(),
                 span_id,
                 flags: 1,
             },
@@ -44,7 +44,7 @@ impl Trace {
         out.push('-');
         out.push_str(&self.span_id);
         out.push('-');
-        push_hex(&mut out, u64::from(self.flags), 2);
+        out.push_str(&hex::encode([self.flags]));
         out
     }
 }
@@ -74,22 +74,10 @@ fn parse(value: &str) -> Option<(String, u8)> {
     Some((trace_id.to_owned(), u8::from_str_radix(flags, 16).ok()?))
 }
 
-/// `words` random 64-bit words in hex, never all zero (an all-zero id is invalid).
-fn random_hex(words: usize) -> String {
-    let mut out = String::with_capacity(words * 16);
-    for _ in 0..words {
-        push_hex(&mut out, fastrand::u64(1..), 16);
-    }
-    out
-}
-
-/// The low `digits` hex digits of `value`, lower case, zero-padded (a per-request path:
-/// no formatter).
-fn push_hex(out: &mut String, value: u64, digits: u32) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    for i in (0..digits).rev() {
-        out.push(char::from(HEX[(value >> (i * 4)) as usize & 0xf]));
-    }
+/// `N` random 64-bit words in hex, never all zero (an all-zero id is invalid).
+fn random_hex<const N: usize>() -> String {
+    let words: [[u8; 8]; N] = std::array::from_fn(|_| fastrand::u64(1..).to_be_bytes());
+    hex::encode(words.as_flattened())
 }
 
 #[cfg(test)]
@@ -103,22 +91,14 @@ mod tests {
     }
 
     #[test]
-    fn hex_digits_match_the_formatter() {
-        for v in [
-            0,
-            1,
-            0xab,
-            u64::MAX,
-            0x0123_4567_89ab_cdef,
-            fastrand::u64(..),
-        ] {
-            let mut s = String::new();
-            push_hex(&mut s, v, 16);
-            assert_eq!(s, format!("{v:016x}"));
-        }
-        let mut s = String::new();
-        push_hex(&mut s, 0x3, 2);
-        assert_eq!(s, "03");
+    fn a_new_trace_reads_back_from_its_traceparent() {
+        let t = Trace::from_headers(&HeaderMap::new());
+        assert_eq!(parse(&t.traceparent()), Some((t.trace_id.clone(), 1)));
+        assert!(
+            t.span_id
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        );
     }
 
     #[test]

@@ -96,7 +96,8 @@ impl Connector {
     }
 
     /// Idle connections held now, over all peers.
-    pub fn idle_count(&self) -> usize {
+    #[cfg(test)]
+    fn idle_count(&self) -> usize {
         self.idle.lock().values().map(VecDeque::len).sum()
     }
 
@@ -163,14 +164,10 @@ impl IdleConnections {
         {
             let mut by_peer = self.lock();
             for list in by_peer.values_mut() {
-                let mut i = 0;
-                while i < list.len() {
-                    let keep = list
-                        .get_mut(i)
-                        .is_some_and(|c| c.expires > now && still_idle(&mut c.stream));
-                    if keep {
-                        i += 1;
-                    } else if let Some(c) = list.remove(i) {
+                for mut c in std::mem::take(list) {
+                    if c.expires > now && still_idle(&mut c.stream) {
+                        list.push_back(c);
+                    } else {
                         closed.push(c);
                     }
                 }
@@ -197,23 +194,23 @@ fn still_idle(stream: &mut Stream) -> bool {
 mod tests {
     use super::*;
     use pingora_core::upstreams::peer::HttpPeer;
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::atomic::Ordering::SeqCst;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
     /// A server that answers every request on a connection with a small 200, and counts
     /// the connections it accepted; `close_after` ends each connection after that many
-    /// answers.
-    async fn server(
-        close_after: usize,
-    ) -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    /// answers. Returned as the peer to reach it.
+    async fn server(close_after: usize) -> (HttpPeer, Arc<AtomicUsize>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let accepted = Arc::new(AtomicUsize::new(0));
         let count = accepted.clone();
         tokio::spawn(async move {
             loop {
                 let (mut socket, _) = listener.accept().await.unwrap();
-                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                count.fetch_add(1, SeqCst);
                 tokio::spawn(async move {
                     let mut buf = vec![0u8; 4096];
                     for _ in 0..close_after {
@@ -233,7 +230,7 @@ mod tests {
                 });
             }
         });
-        (addr, accepted)
+        (HttpPeer::new(addr, false, String::new()), accepted)
     }
 
     /// A GET whose response is read to the end; whether its connection was reused.
@@ -258,23 +255,21 @@ mod tests {
 
     #[tokio::test]
     async fn a_released_connection_is_used_again() {
-        let (addr, accepted) = server(usize::MAX).await;
+        let (peer, accepted) = server(usize::MAX).await;
         let connector = Connector::new(None);
-        let peer = HttpPeer::new(addr, false, String::new());
         assert!(!exchange(&connector, &peer).await);
         assert_eq!(connector.idle_count(), 1);
         for _ in 0..5 {
             assert!(exchange(&connector, &peer).await);
         }
-        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(accepted.load(SeqCst), 1);
     }
 
     #[tokio::test]
     async fn a_connection_the_upstream_closed_is_not_handed_out() {
         // The server closes each connection after one answer.
-        let (addr, accepted) = server(1).await;
+        let (peer, accepted) = server(1).await;
         let connector = Connector::new(None);
-        let peer = HttpPeer::new(addr, false, String::new());
         assert!(!exchange(&connector, &peer).await);
         // Let the close arrive.
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -282,22 +277,20 @@ mod tests {
             !exchange(&connector, &peer).await,
             "a closed connection was reused"
         );
-        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+        assert_eq!(accepted.load(SeqCst), 2);
     }
 
     #[tokio::test]
     async fn the_sweep_closes_what_the_upstream_closed_and_what_expired() {
-        let (addr, _) = server(1).await;
+        let (peer, _) = server(1).await;
         let connector = Connector::new(None);
-        let peer = HttpPeer::new(addr, false, String::new());
         exchange(&connector, &peer).await;
         assert_eq!(connector.idle_count(), 1);
         tokio::time::sleep(Duration::from_millis(50)).await;
         connector.idle.sweep();
         assert_eq!(connector.idle_count(), 0, "the closed connection was kept");
 
-        let (addr, _) = server(usize::MAX).await;
-        let peer = HttpPeer::new(addr, false, String::new());
+        let (peer, _) = server(usize::MAX).await;
         let (session, _) = get(&connector, &peer).await;
         connector
             .release_http_session(session, &peer, Duration::from_millis(10))
@@ -315,13 +308,12 @@ mod tests {
 
     #[tokio::test]
     async fn at_most_the_configured_number_stay_idle_per_peer() {
-        let (addr, _) = server(usize::MAX).await;
+        let (peer, _) = server(usize::MAX).await;
         let options = ConnectorOptions {
             keepalive_pool_size: 2,
             ..ConnectorOptions::new(2)
         };
         let connector = Connector::new(Some(options));
-        let peer = HttpPeer::new(addr, false, String::new());
         let mut sessions = Vec::new();
         for _ in 0..4 {
             sessions.push(get(&connector, &peer).await.0);

@@ -89,21 +89,12 @@ fn date_label(at: &DateTime<Utc>, fields: usize) -> String {
 /// `value` in decimal, zero-padded to at least `width` digits. Counter names and rate
 /// headers are made on every request: this costs a tenth of a formatter call.
 pub(crate) fn push_decimal(out: &mut String, value: u64, width: usize) {
-    let mut digits = [b'0'; 20];
-    let mut start = digits.len();
-    let mut rest = value;
-    loop {
-        start -= 1;
-        digits[start] = b'0' + (rest % 10) as u8;
-        rest /= 10;
-        if rest == 0 {
-            break;
-        }
-    }
-    for _ in digits.len() - start..width {
+    let mut digits = itoa::Buffer::new();
+    let digits = digits.format(value);
+    for _ in digits.len()..width {
         out.push('0');
     }
-    out.extend(digits[start..].iter().map(|&d| char::from(d)));
+    out.push_str(digits);
 }
 
 fn midnight(day: NaiveDate) -> Option<DateTime<Utc>> {
